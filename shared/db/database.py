@@ -1,0 +1,123 @@
+"""The pool and the unit of work.  See the package docstring."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from ..bus import event_headers
+from ..events.envelope import Event
+
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def plain_dsn(url: str) -> str:
+    """asyncpg takes ``postgresql://``; accept SQLAlchemy-style ``postgresql+asyncpg://`` too."""
+    return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
+
+
+def notify_channel(schema: str) -> str:
+    return f"{schema}_outbox"
+
+
+@dataclass
+class Transaction:
+    conn: asyncpg.Connection
+    schema: str
+    emitted: list[Event] = field(default_factory=list)
+
+    async def emit(self, event: Event, subject: str | None = None) -> None:
+        """Queue ``event`` for publishing; it leaves only if the transaction commits."""
+        subj = subject or event.subject
+        await self.conn.execute(
+            "INSERT INTO outbox (subject, event_id, headers, payload) VALUES ($1, $2, $3, $4)",
+            subj,
+            event.event_id,
+            json.dumps(event_headers(event)),
+            event.model_dump_json().encode(),
+        )
+        if not self.emitted:
+            await self.conn.execute("SELECT pg_notify($1, '')", notify_channel(self.schema))
+        self.emitted.append(event)
+
+    # convenience pass-throughs
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self.conn.execute(query, *args)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.conn.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self.conn.fetchval(query, *args)
+
+
+class Database:
+    def __init__(self, url: str, schema: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        if not _SCHEMA_RE.match(schema):
+            raise ValueError(f"schema name {schema!r} is not a plain lower-case identifier")
+        self.url = plain_dsn(url)
+        self.schema = schema
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def connect(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            server_settings={"search_path": f"{self.schema},public",
+                             "application_name": f"labfleet-{self.schema}"},
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Database.connect() was not awaited")
+        return self._pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield Transaction(conn=conn, schema=self.schema)
+
+    @asynccontextmanager
+    async def consume(self, consumer: str, event: Event) -> AsyncIterator[Transaction | None]:
+        """A transaction that records ``event`` as handled by ``consumer``.
+
+        Yields ``None`` (and does nothing) when the event was handled before, so a
+        redelivered message has no second effect.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchval(
+                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
+                "ON CONFLICT DO NOTHING RETURNING true",
+                consumer,
+                event.event_id,
+            )
+            yield Transaction(conn=conn, schema=self.schema) if inserted else None
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await self.pool.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await self.pool.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await self.pool.execute(query, *args)

@@ -1,0 +1,227 @@
+"""Build domain: jobs on build servers and their artifacts (owners: builder, scheduler)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .envelope import Command, ErrorInfo, Event, Reply
+from .resource import Arch
+
+
+class BuildStatus(StrEnum):
+    QUEUED = "queued"
+    ALLOCATED = "allocated"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class BuildPhase(StrEnum):
+    FETCH = "fetch"
+    CONFIGURE = "configure"
+    COMPILE = "compile"
+    COLLECT = "collect"
+    UPLOAD = "upload"
+
+
+class BuildSpec(BaseModel):
+    """What a developer asks to build."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    repo_url: str = Field(min_length=1)
+    ref: str = Field(default="HEAD", min_length=1, description="branch, tag or commit")
+    arch: Arch
+    #: a kconfig target (``tinyconfig``, ``defconfig``) or, for non-kernel repos, "" (plain make)
+    config: str = ""
+    config_fragments: list[str] = Field(default_factory=list)
+    #: make targets to run; empty means the default target
+    make_targets: list[str] = Field(default_factory=list)
+    #: paths (relative to the tree, globs allowed) collected as artifacts
+    artifacts: list[str] = Field(default_factory=list)
+    #: a build server's id or name; None means "Auto"
+    server: str | None = None
+
+
+class BuildRequested(Event):
+    subject: ClassVar[str] = "build.requested"
+    build_id: uuid.UUID
+    spec: BuildSpec
+    requested_by: str = ""
+
+
+class BuildAllocated(Event):
+    subject: ClassVar[str] = "build.allocated"
+    build_id: uuid.UUID
+    server_id: uuid.UUID
+    server_name: str
+    spec: BuildSpec
+    attempt: int = 1
+    reason: str = ""
+
+
+class BuildRejected(Event):
+    """The scheduler could not place the build at all (no server can ever build it)."""
+
+    subject: ClassVar[str] = "build.rejected"
+    build_id: uuid.UUID
+    error: ErrorInfo
+
+
+class BuildStarted(Event):
+    subject: ClassVar[str] = "build.started"
+    build_id: uuid.UUID
+    server_id: uuid.UUID
+    attempt: int = 1
+
+
+class BuildProgress(Event):
+    subject: ClassVar[str] = "build.progress"
+    build_id: uuid.UUID
+    phase: BuildPhase
+    percent: float | None = None
+
+
+class ArtifactInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    size: int
+    sha256: str
+    object_name: str
+    bucket: str
+
+
+class BuildSucceeded(Event):
+    subject: ClassVar[str] = "build.succeeded"
+    build_id: uuid.UUID
+    server_id: uuid.UUID
+    commit: str
+    duration_s: float
+    artifacts: list[ArtifactInfo]
+    attempt: int = 1
+
+
+class BuildFailed(Event):
+    subject: ClassVar[str] = "build.failed"
+    build_id: uuid.UUID
+    server_id: uuid.UUID | None = None
+    error: ErrorInfo
+    attempt: int = 1
+    #: True when the scheduler should place another attempt (server lost, not a compile error)
+    retryable: bool = False
+
+
+class BuildCancelled(Event):
+    subject: ClassVar[str] = "build.cancelled"
+    build_id: uuid.UUID
+    reason: str = ""
+
+
+class BuildFinished(Event):
+    """Emitted by the builder after any terminal state; the scheduler frees the slot."""
+
+    subject: ClassVar[str] = "build.finished"
+    build_id: uuid.UUID
+    server_id: uuid.UUID | None = None
+    status: BuildStatus
+
+
+class ArtifactStored(Event):
+    subject: ClassVar[str] = "artifact.stored"
+    build_id: uuid.UUID
+    artifact: ArtifactInfo
+    commit: str = ""
+    arch: Arch | None = None
+    ref: str = ""
+
+
+class LogChunk(BaseModel):
+    """Published on ``log.build.<build_id>`` (stream LOGS); ``seq`` orders chunks per build."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    build_id: uuid.UUID
+    seq: int
+    at: datetime
+    text: str
+    attempt: int = 1
+
+
+# ---- commands ------------------------------------------------------------------------
+
+
+class SubmitBuild(Command):
+    subject: ClassVar[str] = "build.cmd.submit"
+    spec: BuildSpec
+    requested_by: str = ""
+
+
+class SubmitBuildReply(Reply):
+    build_id: uuid.UUID | None = None
+    position: int | None = None
+    estimated_start_s: float | None = None
+    #: servers that would do, when the chosen one cannot
+    alternatives: list[str] = Field(default_factory=list)
+
+
+class GetBuild(Command):
+    subject: ClassVar[str] = "build.cmd.get"
+    build_id: uuid.UUID
+
+
+class BuildView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    build_id: uuid.UUID
+    spec: BuildSpec
+    status: BuildStatus
+    phase: BuildPhase | None = None
+    server_id: uuid.UUID | None = None
+    server_name: str | None = None
+    commit: str | None = None
+    attempt: int = 1
+    attempts: list[dict[str, object]] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    artifacts: list[ArtifactInfo] = Field(default_factory=list)
+
+
+class BuildReply(Reply):
+    build: BuildView | None = None
+
+
+class ListBuilds(Command):
+    subject: ClassVar[str] = "build.cmd.list"
+    limit: int = 100
+
+
+class BuildListReply(Reply):
+    builds: list[BuildView] = Field(default_factory=list)
+
+
+class CancelBuild(Command):
+    subject: ClassVar[str] = "build.cmd.cancel"
+    build_id: uuid.UUID
+    reason: str = ""
+
+
+class ListArtifacts(Command):
+    subject: ClassVar[str] = "artifact.cmd.list"
+    build_id: uuid.UUID | None = None
+    commit: str | None = None
+    ref: str | None = None
+    arch: Arch | None = None
+    latest: bool = False
+
+
+class ArtifactListReply(Reply):
+    build_id: uuid.UUID | None = None
+    artifacts: list[ArtifactInfo] = Field(default_factory=list)

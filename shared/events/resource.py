@@ -1,0 +1,175 @@
+"""Resource domain: build servers, QEMU hosts, boards and flash stations (owner: inventory)."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from .envelope import Command, Event, Reply
+
+
+class ResourceKind(StrEnum):
+    BUILD_SERVER = "build_server"
+    QEMU_HOST = "qemu_host"
+    BOARD = "board"
+    FLASH_STATION = "flash_station"
+
+
+class Arch(StrEnum):
+    X86_64 = "x86_64"
+    ARM = "arm"
+    ARM64 = "arm64"
+    RISCV64 = "riscv64"
+
+
+#: the cross compiler prefix a build for each architecture needs ("" = native gcc)
+TOOLCHAIN_PREFIX: dict[Arch, str] = {
+    Arch.X86_64: "",
+    Arch.ARM: "arm-linux-gnueabihf-",
+    Arch.ARM64: "aarch64-linux-gnu-",
+    Arch.RISCV64: "riscv64-linux-gnu-",
+}
+
+
+class Lifecycle(StrEnum):
+    ACTIVE = "active"
+    MAINTENANCE = "maintenance"
+    RETIRED = "retired"
+
+
+class Toolchain(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    arch: Arch
+    prefix: str
+    compiler: str
+    version: str
+
+
+class BuildServerCapabilities(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    cpu_cores: int
+    cpu_model: str = ""
+    machine: str = ""
+    memory_mb: int
+    disk_total_gb: float
+    disk_free_gb: float
+    work_dir: str = ""
+    toolchains: list[Toolchain] = Field(default_factory=list)
+    tools: dict[str, str] = Field(default_factory=dict)
+
+
+class SshTarget(BaseModel):
+    """How to reach a host; never carries the secret itself."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    address: str
+    port: int = 22
+    username: str
+    host_key: str | None = None  # OpenSSH public key line, pinned at registration
+    host_key_fingerprint: str | None = None
+
+
+class ResourceView(BaseModel):
+    """What other services may know about a resource (no credentials)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resource_id: uuid.UUID
+    kind: ResourceKind
+    name: str
+    ssh: SshTarget
+    architectures: list[Arch] = Field(default_factory=list)
+    build_configs: list[str] = Field(default_factory=list)
+    capabilities: BuildServerCapabilities | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    lifecycle: Lifecycle = Lifecycle.ACTIVE
+    registered_at: datetime | None = None
+
+
+# ---- events -------------------------------------------------------------------------
+
+
+class ResourceRegistered(Event):
+    subject: ClassVar[str] = "resource.registered"
+    resource: ResourceView
+
+
+class ResourceUpdated(Event):
+    subject: ClassVar[str] = "resource.updated"
+    resource: ResourceView
+
+
+class ResourceRemoved(Event):
+    subject: ClassVar[str] = "resource.removed"
+    resource_id: uuid.UUID
+    kind: ResourceKind
+
+
+# ---- commands (request/reply; a human waits) ---------------------------------------
+
+
+class RegisterBuildServer(Command):
+    subject: ClassVar[str] = "resource.cmd.register_build_server"
+
+    hostname: str = Field(min_length=1, max_length=253)
+    address: str = Field(min_length=1)
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None
+    architectures: list[Arch] = Field(default_factory=list)
+    build_configs: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    #: the fingerprint the admin accepted; when given, a different key is refused
+    expected_host_key_fingerprint: str | None = None
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_shape(cls, v: str) -> str:
+        if any(c.isspace() for c in v):
+            raise ValueError("hostname must not contain white space")
+        return v
+
+
+class RegistrationReply(Reply):
+    resource: ResourceView | None = None
+
+
+class GetResource(Command):
+    subject: ClassVar[str] = "resource.cmd.get"
+    resource_id: uuid.UUID
+
+
+class ListResources(Command):
+    subject: ClassVar[str] = "resource.cmd.list"
+    kind: ResourceKind | None = None
+
+
+class ResourceReply(Reply):
+    resource: ResourceView | None = None
+
+
+class ResourceListReply(Reply):
+    resources: list[ResourceView] = Field(default_factory=list)
+
+
+class GetCredentials(Command):
+    """Asked by services that must log in to a host (monitor, builder, deployer).
+
+    Answered only on the internal bus; the reply is never logged or persisted.
+    """
+
+    subject: ClassVar[str] = "resource.cmd.credentials"
+    resource_id: uuid.UUID
+
+
+class CredentialsReply(Reply):
+    resource: ResourceView | None = None
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None

@@ -1,0 +1,89 @@
+"""Fixtures shared by every test: real NATS and PostgreSQL.
+
+``LABFLEET_NATS_URL`` / ``LABFLEET_DATABASE_URL`` select running servers; otherwise the
+embedded ones are started in a temporary directory for the session (and the choice is
+printed, so a run says what it tested against).  Testcontainers is used only when a
+Docker engine answers; this machine's kind has none, so the fallback is the embedded
+servers.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(scope="session")
+def service_tmp() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="labfleet-test-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def nats_url(service_tmp: Path) -> Iterator[str]:
+    url = os.environ.get("LABFLEET_NATS_URL")
+    if url:
+        print(f"\n[labfleet tests] NATS: using LABFLEET_NATS_URL={url}")
+        yield url
+        return
+    from labfleet.embedded import start_nats
+
+    server = start_nats(service_tmp / "nats")
+    why = "a Docker engine answers, but" if _docker_answers() else "no Docker engine answers;"
+    print(f"\n[labfleet tests] NATS: {why} using an embedded nats-server at {server.url}")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(service_tmp: Path) -> Iterator[str]:
+    url = os.environ.get("LABFLEET_DATABASE_URL")
+    if url:
+        print(f"\n[labfleet tests] PostgreSQL: using LABFLEET_DATABASE_URL={url}")
+        yield url
+        return
+    from labfleet.embedded import start_postgres
+
+    server = start_postgres(service_tmp / "pg")
+    print("\n[labfleet tests] PostgreSQL: using an embedded server (pgserver) "
+          f"at {server.url} (no Docker engine for testcontainers)")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for names, schemas and subjects of one test."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def settings_factory(nats_url: str, database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from labfleet.shared.settings import Settings
+
+    def make(**overrides: object) -> Settings:
+        base: dict[str, object] = dict(
+            nats_url=nats_url, database_url=database_url, data_dir=tmp_path / "data",
+            log_json=False, redelivery_backoff_s=[0.1, 0.2, 0.3], max_deliver=3,
+            ack_wait_s=10.0,
+        )
+        base.update(overrides)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return make

@@ -1,0 +1,129 @@
+"""The bus against real NATS JetStream and PostgreSQL: outbox, idempotency, redelivery,
+dead letters."""
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import nats
+import pytest
+from faststream.nats import NatsMessage
+
+from labfleet.shared.events.bench import BenchPing, BenchPong
+from labfleet.shared.events.system import DeadLettered
+from labfleet.shared.service import Service
+
+MIGRATIONS = Path(__file__).parent / "fixtures" / "bustest_migrations"
+
+pytestmark = pytest.mark.integration
+
+
+class Harness:
+    def __init__(self, service: Service, ping_subject: str, pong_subject: str) -> None:
+        self.service = service
+        self.ping_subject = ping_subject
+        self.pong_subject = pong_subject
+        self.deliveries: dict[str, int] = {}
+
+
+async def start_harness(settings, unique: str) -> Harness:  # type: ignore[no-untyped-def]
+    svc = Service.create(f"bt_{unique}", settings, migrations=MIGRATIONS)
+    h = Harness(svc, f"bench.ping{unique}", f"bench.pong{unique}")
+
+    @svc.bus.on_event(BenchPing, purpose="ping", subject=h.ping_subject)
+    async def on_ping(event: BenchPing, msg: NatsMessage) -> None:
+        key = str(event.event_id)
+        h.deliveries[key] = h.deliveries.get(key, 0) + 1
+        if h.deliveries[key] <= event.fail_deliveries:
+            raise RuntimeError(f"induced failure {h.deliveries[key]}")
+        assert svc.db is not None
+        async with svc.db.consume("ping", event) as tx:
+            if tx is None:
+                return
+            await tx.execute("INSERT INTO handled (event_id, n) VALUES ($1, 1)", event.event_id)
+            await tx.emit(BenchPong(seq=event.seq, ping_id=key), subject=h.pong_subject)
+
+    await svc.start()
+    return h
+
+
+async def collect(nc, subject: str, n: int, timeout: float = 15.0) -> list[bytes]:  # type: ignore[no-untyped-def]
+    js = nc.jetstream()
+    sub = await js.subscribe(subject, ordered_consumer=True)
+    out: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < n:
+                msg = await sub.next_msg(timeout=timeout)
+                out.append(msg.data)
+    except TimeoutError:
+        pass
+    await sub.unsubscribe()
+    return out
+
+
+async def publish(nc, subject: str, event: BenchPing, msg_id: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    await nc.jetstream().publish(subject, event.model_dump_json().encode(),
+                                 headers={"Nats-Msg-Id": msg_id or str(event.event_id)})
+
+
+async def test_outbox_publishes_once_and_redelivery_has_no_second_effect(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
+    h = await start_harness(settings_factory(), unique)
+    nc = await nats.connect(nats_url)
+    try:
+        ping = BenchPing(seq=1)
+        await publish(nc, h.ping_subject, ping)
+        await publish(nc, h.ping_subject, ping)  # same Nats-Msg-Id: JetStream drops it
+        await publish(nc, h.ping_subject, ping, msg_id="forced-redelivery")  # same event id
+        pongs = await collect(nc, h.pong_subject, 2, timeout=5.0)
+        assert len(pongs) == 1, pongs
+        assert BenchPong.model_validate_json(pongs[0]).ping_id == str(ping.event_id)
+        assert h.deliveries[str(ping.event_id)] == 2  # stored twice, handled (effect) once
+        assert h.service.db is not None
+        assert await h.service.db.fetchval("SELECT count(*) FROM handled") == 1
+        assert await h.service.db.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await nc.close()
+        await h.service.stop()
+
+
+async def test_failing_handler_is_redelivered_then_succeeds(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
+    h = await start_harness(settings_factory(max_deliver=3), unique)
+    nc = await nats.connect(nats_url)
+    try:
+        ping = BenchPing(seq=2, fail_deliveries=2)
+        await publish(nc, h.ping_subject, ping)
+        pongs = await collect(nc, h.pong_subject, 1)
+        assert len(pongs) == 1
+        assert h.deliveries[str(ping.event_id)] == 3
+    finally:
+        await nc.close()
+        await h.service.stop()
+
+
+async def test_poison_message_lands_on_dead_letter_with_error(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
+    h = await start_harness(settings_factory(max_deliver=3), unique)
+    nc = await nats.connect(nats_url)
+    try:
+        ping = BenchPing(seq=3, fail_deliveries=99)
+        await publish(nc, h.ping_subject, ping)
+        dl_subject = f"deadletter.BENCH.bt_{unique}-ping"
+        letters = await collect(nc, dl_subject, 1)
+        assert len(letters) == 1
+        dead = DeadLettered.model_validate_json(letters[0])
+        assert dead.deliveries == 3
+        assert dead.error_type == "RuntimeError"
+        assert "induced failure 3" in dead.error
+        assert json.loads(dead.payload)["event_id"] == str(ping.event_id)
+        assert dead.original_subject == h.ping_subject
+        # an invalid payload is dead-lettered at once: retrying cannot make it valid
+        await nc.jetstream().publish(h.ping_subject, b'{"seq": "not a number"}')
+        letters = await collect(nc, dl_subject, 2)
+        assert len(letters) == 2
+        bad = DeadLettered.model_validate_json(letters[1])
+        assert bad.deliveries == 1
+        assert "seq" in bad.error
+    finally:
+        await nc.close()
+        await h.service.stop()
