@@ -87,3 +87,13 @@ def settings_factory(nats_url: str, database_url: str, tmp_path: Path):  # type:
         return Settings(**base)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def sshd(service_tmp: Path):  # type: ignore[no-untyped-def]
+    """A real OpenSSH server on 127.0.0.1 (see tests/sshd.py)."""
+    from tests.sshd import start_sshd
+
+    server = start_sshd(service_tmp / "sshd")
+    yield server
+    server.stop()

@@ -1,0 +1,191 @@
+"""Pooled asyncssh connections.  See the package docstring."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import shlex
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncssh
+
+from .errors import (
+    AuthenticationFailed,
+    ConnectionRefused,
+    ConnectTimeout,
+    HostKeyMismatch,
+    HostUnreachable,
+    RemoteCommandFailed,
+    SshError,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str | None = None
+    private_key: str | None = None  # OpenSSH/PEM text
+
+    def __repr__(self) -> str:  # never print secrets
+        return f"Credentials(username={self.username!r}, password={'***' if self.password else None}, private_key={'***' if self.private_key else None})"
+
+
+def fingerprint(public_key_line: str) -> str:
+    """SHA256 fingerprint of an OpenSSH public key line, as ``ssh-keygen -l`` shows it."""
+    return str(asyncssh.import_public_key(public_key_line).get_fingerprint("sha256"))
+
+
+def _classify(exc: BaseException, host: str, port: int, username: str, timeout: float) -> SshError:
+    if isinstance(exc, SshError):
+        return exc
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthenticationFailed(host, port, str(exc), username=username)
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return HostKeyMismatch(host, port, str(exc))
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return ConnectTimeout(host, port, f"{timeout:g}s")
+    if isinstance(exc, ConnectionRefusedError):
+        return ConnectionRefused(host, port, str(exc))
+    if isinstance(exc, socket.gaierror):
+        return HostUnreachable(host, port, f"name does not resolve: {exc.strerror}")
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                                   errno.EADDRNOTAVAIL):
+        return HostUnreachable(host, port, exc.strerror or str(exc))
+    if isinstance(exc, asyncssh.DisconnectError):
+        return SshError(host, port, f"disconnected: {exc.reason}")
+    return SshError(host, port, f"{type(exc).__name__}: {exc}")
+
+
+def _client_keys(creds: Credentials) -> list[asyncssh.SSHKey] | None:
+    if not creds.private_key:
+        return None
+    try:
+        return [asyncssh.import_private_key(creds.private_key)]
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise SshError("-", 0, f"the private key could not be read: {exc}") from None
+
+
+async def probe_host_key(host: str, port: int, timeout: float = 10.0) -> str:
+    """Return the host's public key line (``ssh-ed25519 AAAA…``) without logging in."""
+    try:
+        async with asyncio.timeout(timeout):
+            key = await asyncssh.get_server_host_key(host, port)
+    except BaseException as exc:  # noqa: BLE001 - classified
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        raise _classify(exc, host, port, "", timeout) from None
+    if key is None:
+        raise SshError(host, port, "the server presented no host key")
+    return key.export_public_key("openssh").decode().strip()
+
+
+class SshPool:
+    """One persistent connection per (host, port, user); opened lazily, re-opened on loss."""
+
+    def __init__(self, *, connect_timeout: float = 10.0, command_timeout: float = 60.0,
+                 keepalive_s: float = 15.0, max_sessions: int = 8) -> None:
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.keepalive_s = keepalive_s
+        self._conns: dict[tuple[str, int, str], asyncssh.SSHClientConnection] = {}
+        self._locks: dict[tuple[str, int, str], asyncio.Lock] = {}
+        self._sessions = max_sessions
+
+    async def connect(self, host: str, port: int, creds: Credentials,
+                      host_key: str | None) -> asyncssh.SSHClientConnection:
+        """A fresh connection verifying ``host_key`` (an OpenSSH public key line).
+
+        ``host_key=None`` is refused: every connection checks a pinned key; fetch it
+        first with :func:`probe_host_key` and show it to the admin.
+        """
+        if not host_key:
+            raise SshError(host, port, "no pinned host key; refusing to connect unverified")
+        pinned = asyncssh.import_public_key(host_key)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                conn = await asyncssh.connect(
+                    host, port,
+                    username=creds.username,
+                    password=creds.password,
+                    client_keys=_client_keys(creds),
+                    # trust exactly the pinned key; asyncssh then negotiates its algorithm
+                    known_hosts=([pinned], [], []),
+                    agent_path=None,
+                    config=None,
+                    preferred_auth=("publickey,password,keyboard-interactive"
+                                    if creds.private_key else "password,keyboard-interactive"),
+                    keepalive_interval=self.keepalive_s,
+                    keepalive_count_max=3,
+                )
+        except BaseException as exc:  # noqa: BLE001 - classified below
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+                try:
+                    presented = fingerprint(await probe_host_key(host, port, self.connect_timeout))
+                except SshError:
+                    presented = "unknown"
+                raise HostKeyMismatch(
+                    host, port, "host key changed",
+                    expected=str(pinned.get_fingerprint("sha256")), presented=presented) from None
+            raise _classify(exc, host, port, creds.username, self.connect_timeout) from None
+        return conn
+
+    async def _get(self, host: str, port: int, creds: Credentials,
+                   host_key: str | None) -> asyncssh.SSHClientConnection:
+        key = (host, port, creds.username)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(key)
+            if conn is not None and not conn.is_closed():
+                return conn
+            conn = await self.connect(host, port, creds, host_key)
+            self._conns[key] = conn
+            return conn
+
+    def drop(self, host: str, port: int, username: str) -> None:
+        conn = self._conns.pop((host, port, username), None)
+        if conn is not None:
+            conn.close()
+
+    async def run(self, host: str, port: int, creds: Credentials, host_key: str | None,
+                  argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
+                  input: str | None = None) -> asyncssh.SSHCompletedProcess:
+        """Run ``argv`` on the host (quoted with :func:`shlex.join`)."""
+        command = shlex.join(argv)
+        t = timeout or self.command_timeout
+        for attempt in (1, 2):
+            conn = await self._get(host, port, creds, host_key)
+            try:
+                async with asyncio.timeout(t):
+                    result = await conn.run(command, check=False, input=input)
+                break
+            except (asyncssh.ConnectionLost, asyncssh.DisconnectError, BrokenPipeError,
+                    ConnectionResetError) as exc:
+                self.drop(host, port, creds.username)
+                if attempt == 2:
+                    raise _classify(exc, host, port, creds.username, t) from None
+            except TimeoutError:
+                raise RemoteCommandFailed(host, port, f"timed out after {t:g}s", argv=list(argv),
+                                          exit_status=None) from None
+        if check and result.exit_status != 0:
+            raise RemoteCommandFailed(
+                host, port, "non-zero exit", argv=list(argv), exit_status=result.exit_status,
+                stdout=str(result.stdout or ""), stderr=str(result.stderr or ""))
+        return result
+
+    async def connection(self, host: str, port: int, creds: Credentials,
+                         host_key: str | None) -> asyncssh.SSHClientConnection:
+        """The pooled connection itself, for SFTP or long-running processes."""
+        return await self._get(host, port, creds, host_key)
+
+    async def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        for conn in list(self._conns.values()):
+            await conn.wait_closed()
+        self._conns.clear()
