@@ -151,6 +151,8 @@ class LogChunk(BaseModel):
     at: datetime
     text: str
     attempt: int = 1
+    #: the last chunk of the build's log (after success, failure or cancel)
+    eof: bool = False
 
 
 # ---- commands ------------------------------------------------------------------------
