@@ -6,9 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from .envelope import Event
+from .envelope import Command, Event, Reply
 from .resource import ResourceKind
 
 
@@ -39,6 +39,28 @@ class HostSample(BaseModel):
     compile_procs: int = 0
 
 
+#: JetStream KV buckets (key = resource id) holding current state for dashboards
+SAMPLES_BUCKET = "samples"
+HEALTH_BUCKET = "health"
+
+
+class HealthRecord(BaseModel):
+    """The value kept in KV ``health``: a resource's status as the monitor last judged it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    resource_id: uuid.UUID
+    kind: ResourceKind
+    status: HealthStatus
+    reason: str = ""
+    since: datetime | None = None
+    last_seen: datetime | None = None
+    warnings: list[str] = Field(default_factory=list)
+    consecutive_failures: int = 0
+    #: the last good sample, kept while the host is offline ("last known status")
+    last_sample: HostSample | None = None
+
+
 class HostSampled(Event):
     """Published on ``sample.<kind>.<resource_id>``; the latest is also in KV ``samples``."""
 
@@ -55,3 +77,17 @@ class HealthChanged(Event):
     reason: str = ""
     last_seen: datetime | None = None
     warnings: list[str] = []
+
+
+class GetSampleHistory(Command):
+    """Samples of one resource since a time, oldest first (the detail page's plots)."""
+
+    subject: ClassVar[str] = "health.cmd.history"
+    resource_id: uuid.UUID
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=2000, ge=1, le=20000)
+
+
+class SampleHistoryReply(Reply):
+    samples: list[HostSample] = Field(default_factory=list)

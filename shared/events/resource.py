@@ -128,6 +128,10 @@ class RegisterBuildServer(Command):
     labels: dict[str, str] = Field(default_factory=dict)
     #: the fingerprint the admin accepted; when given, a different key is refused
     expected_host_key_fingerprint: str | None = None
+    #: where builds run and whose free disk counts; None = the user's home directory
+    work_dir: str | None = None
+    #: who asked, for the audit record
+    requested_by: str = ""
 
     @field_validator("hostname")
     @classmethod
@@ -157,6 +161,15 @@ class ResourceReply(Reply):
 
 class ResourceListReply(Reply):
     resources: list[ResourceView] = Field(default_factory=list)
+
+
+class RemoveResource(Command):
+    """Take a resource out of the pool; answered with :class:`ResourceReply` (the removed one)."""
+
+    subject: ClassVar[str] = "resource.cmd.remove"
+    resource_id: uuid.UUID
+    #: who asked, for the audit record
+    requested_by: str = ""
 
 
 class GetCredentials(Command):
