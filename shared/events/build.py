@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .envelope import Command, ErrorInfo, Event, Reply
 from .resource import Arch
@@ -46,6 +46,37 @@ class BuildSpec(BaseModel):
     artifacts: list[str] = Field(default_factory=list)
     #: a build server's id or name; None means "Auto"
     server: str | None = None
+    #: only servers carrying all these labels may build it (e.g. ``{"team": "bsp"}``)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    # These strings end up as arguments of git and make on a build server: a leading "-"
+    # would be read as an option, and artifact paths must stay inside the source tree.
+    @field_validator("repo_url", "ref", "config")
+    @classmethod
+    def _not_an_option(cls, v: str) -> str:
+        v = v.strip()
+        if v.startswith("-"):
+            raise ValueError("must not start with '-'")
+        return v
+
+    @field_validator("make_targets")
+    @classmethod
+    def _targets_not_options(cls, v: list[str]) -> list[str]:
+        for target in v:
+            if not target or target.startswith("-") or any(c.isspace() for c in target):
+                raise ValueError(f"make target {target!r} must be a plain name (no '-' prefix, "
+                                 "no white space)")
+        return v
+
+    @field_validator("artifacts", "config_fragments")
+    @classmethod
+    def _inside_the_tree(cls, v: list[str]) -> list[str]:
+        for path in v:
+            parts = path.split("/")
+            if not path or path.startswith("/") or ".." in parts or path.startswith("-"):
+                raise ValueError(f"{path!r} must be a path relative to the source tree "
+                                 "(no leading '/', no '..')")
+        return v
 
 
 class BuildRequested(Event):
@@ -194,6 +225,9 @@ class BuildView(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     artifacts: list[ArtifactInfo] = Field(default_factory=list)
+    #: while queued: place in the queue (1 = next) and the expected wait
+    position: int | None = None
+    estimated_start_s: float | None = None
 
 
 class BuildReply(Reply):
@@ -222,6 +256,8 @@ class ListArtifacts(Command):
     ref: str | None = None
     arch: Arch | None = None
     latest: bool = False
+    #: narrows ``ref`` (the same branch name exists in many repositories)
+    repo_url: str | None = None
 
 
 class ArtifactListReply(Reply):
