@@ -35,7 +35,7 @@ from faststream.nats import (
     StreamConfig,
 )
 from nats.js.api import RetentionPolicy
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from pydantic import BaseModel, ValidationError
 
 from .events.envelope import Command, Event, Message, Reply
@@ -127,73 +127,165 @@ class PermanentError(Exception):
     """Raise from a handler when retrying can never help: straight to the dead letters."""
 
 
-def make_redelivery_middleware(settings: Settings) -> type[BaseMiddleware]:
-    max_deliver = settings.max_deliver
-    schedule = list(settings.redelivery_backoff_s)
+#: fields whose value orders the events of one entity; events of one entity in a batch are
+#: handled one after another, different entities concurrently
+ORDERING_FIELDS = ("build_id", "resource_id", "request_id", "env_id", "pipeline_id")
 
-    class RedeliveryMiddleware(BaseMiddleware):
-        async def consume_scope(self, call_next: Callable[..., Awaitable[Any]], msg: Any) -> Any:
-            raw = msg.raw_message
-            meta = None
+
+class Delivery:
+    """One delivered JetStream message, handed to a handler beside its event.
+
+    Offers what a handler may need of the transport: ``in_progress()`` during long steps
+    (so AckWait does not expire), the delivery count, headers and subject.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    @property
+    def raw_message(self) -> Any:
+        return self.raw
+
+    @property
+    def subject(self) -> str:
+        return str(self.raw.subject)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self.raw.headers or {})
+
+    @property
+    def delivery(self) -> int:
+        return int(self.raw.metadata.num_delivered)
+
+    async def in_progress(self) -> None:
+        await self.raw.in_progress()
+
+
+@dataclass(frozen=True)
+class Registration:
+    event_type: type[Event]
+    handler: Callable[[Any, Delivery], Awaitable[Any]]
+    durable: str
+
+
+class Dispatcher:
+    """Validates, handles and acknowledges each message of a fetched batch.
+
+    faststream runs the durable pull consumer (fetch loop, consumer config, telemetry and
+    the AsyncAPI document, which shows each handler's event model); the per-message work is
+    here because a batch must never succeed or fail as a whole: one poison message is
+    dead-lettered, its neighbours are handled and acknowledged.
+
+    * success → ``ack``;
+    * a handler error → ``nak(delay)`` with back-off, up to ``max_deliver`` deliveries;
+    * the last delivery failing, or a payload that can never be valid (or a handler raising
+      :class:`PermanentError`) → copied to ``deadletter.<stream>.<consumer>`` with the
+      error, then ``term``-ed.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.max_deliver = settings.max_deliver
+        self.schedule = list(settings.redelivery_backoff_s)
+        self.registrations: dict[str, Registration] = {}
+        self._tracer = trace.get_tracer("labfleet.bus")
+
+    def middleware(self) -> type[BaseMiddleware]:
+        dispatcher = self
+
+        class DispatchMiddleware(BaseMiddleware):
+            async def consume_scope(self, call_next: Callable[..., Awaitable[Any]], msg: Any) -> Any:
+                raws = msg.raw_message
+                if not isinstance(raws, list):
+                    return await call_next(msg)
+                await dispatcher.dispatch(raws)
+                return None
+
+        return DispatchMiddleware
+
+    async def dispatch(self, raws: list[Any]) -> None:
+        groups: dict[str, list[tuple[Any, Registration, Any]]] = {}
+        for raw in raws:
+            meta = raw.metadata
+            reg = self.registrations.get(meta.consumer)
+            if reg is None:  # a consumer of ours that this process does not serve: let it go
+                await raw.nak(delay=1.0)
+                continue
             try:
-                meta = raw.metadata
-            except Exception:  # core NATS message (a command): not ours to ack
-                return await call_next(msg)
+                event = reg.event_type.model_validate_json(raw.data)
+            except ValidationError as exc:
+                await self._fail(raw, exc, permanent=True)
+                continue
+            key = next((str(getattr(event, f)) for f in ORDERING_FIELDS if hasattr(event, f)),
+                       str(event.event_id))
+            groups.setdefault(key, []).append((raw, reg, event))
+        if groups:
+            await asyncio.gather(*(self._run_group(g) for g in groups.values()))
+
+    async def _run_group(self, items: list[tuple[Any, Registration, Any]]) -> None:
+        for raw, reg, event in items:
+            await self._run_one(raw, reg, event)
+
+    async def _run_one(self, raw: Any, reg: Registration, event: Any) -> None:
+        ctx = propagate.extract(dict(raw.headers or {}))
+        with self._tracer.start_as_current_span(
+            f"{raw.subject} process", context=ctx, kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.system": "nats", "messaging.destination.name": raw.subject,
+                        "messaging.consumer.group.name": reg.durable,
+                        "messaging.message.id": str(event.event_id)},
+        ):
             try:
-                result = await call_next(msg)
+                await reg.handler(event, Delivery(raw))
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - every failure is accounted for
-                permanent = isinstance(exc, (PermanentError, ValidationError))
-                delivered = meta.num_delivered
-                if permanent or delivered >= max_deliver:
-                    await dead_letter(raw, meta, exc, delivered)
-                    await raw.term()
-                else:
-                    delay = backoff_for(delivered, schedule)
-                    log.warning(
-                        "handler failed, redelivering",
-                        extra={
-                            "subject": raw.subject,
-                            "consumer": meta.consumer,
-                            "delivery": delivered,
-                            "retry_in_s": delay,
-                            "error": f"{type(exc).__name__}: {exc}",
-                        },
-                    )
-                    await raw.nak(delay=delay)
-                return None
-            if not getattr(msg, "committed", None):
-                await raw.ack()
-            return result
+            except Exception as exc:  # noqa: BLE001 - every failure is accounted for
+                await self._fail(raw, exc, permanent=isinstance(exc, PermanentError))
+                return
+        await raw.ack()
 
-    async def dead_letter(raw: Any, meta: Any, exc: BaseException, delivered: int) -> None:
-        headers = dict(raw.headers or {})
-        event = DeadLettered(
-            stream=meta.stream,
-            consumer=meta.consumer,
-            original_subject=raw.subject,
-            original_event_id=headers.get("Nats-Msg-Id"),
-            deliveries=delivered,
-            error_type=type(exc).__name__,
-            error="".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000],
-            payload=raw.data.decode("utf-8", "replace"),
-            headers={k: v for k, v in headers.items() if not k.lower().startswith("authorization")},
+    async def _fail(self, raw: Any, exc: BaseException, *, permanent: bool) -> None:
+        meta = raw.metadata
+        delivered = int(meta.num_delivered)
+        if permanent or delivered >= self.max_deliver:
+            await dead_letter(raw, meta, exc, delivered)
+            await raw.term()
+            return
+        delay = backoff_for(delivered, self.schedule)
+        log.warning(
+            "handler failed, redelivering",
+            extra={"subject": raw.subject, "consumer": meta.consumer, "delivery": delivered,
+                   "retry_in_s": delay, "error": f"{type(exc).__name__}: {exc}"},
         )
-        subject = f"deadletter.{meta.stream}.{meta.consumer}"
-        js = raw._client.jetstream()  # the connection the message came on
-        await js.publish(
-            subject,
-            event.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": f"dl-{meta.stream}-{meta.sequence.stream}"},
-        )
-        log.error(
-            "message dead-lettered",
-            extra={"subject": raw.subject, "consumer": meta.consumer, "deliveries": delivered,
-                   "error": event.error},
-        )
+        await raw.nak(delay=delay)
 
-    return RedeliveryMiddleware
+
+async def dead_letter(raw: Any, meta: Any, exc: BaseException, delivered: int) -> None:
+    headers = dict(raw.headers or {})
+    event = DeadLettered(
+        stream=meta.stream,
+        consumer=meta.consumer,
+        original_subject=raw.subject,
+        original_event_id=headers.get("Nats-Msg-Id"),
+        deliveries=delivered,
+        error_type=type(exc).__name__,
+        error="".join(traceback.format_exception_only(type(exc), exc)).strip()[:4000],
+        payload=raw.data.decode("utf-8", "replace"),
+        headers={k: v for k, v in headers.items() if not k.lower().startswith("authorization")},
+    )
+    subject = f"deadletter.{meta.stream}.{meta.consumer}"
+    js = raw._client.jetstream()  # the connection the message came on
+    await js.publish(
+        subject,
+        event.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": f"dl-{meta.stream}-{meta.sequence.stream}"},
+    )
+    log.error(
+        "message dead-lettered",
+        extra={"subject": raw.subject, "consumer": meta.consumer, "deliveries": delivered,
+               "error": event.error},
+    )
 
 
 @dataclass
@@ -205,6 +297,7 @@ class Bus:
     broker: NatsBroker
     events: NatsRouter
     commands: NatsRouter
+    dispatcher: Dispatcher
     _js: Any = field(default=None, init=False)
 
     @classmethod
@@ -215,12 +308,16 @@ class Bus:
             settings.require_nats(),
             middlewares=[NatsTelemetryMiddleware()],
             graceful_timeout=15.0,
+            # per-message "Received/Processed" lines cost more than a handler at thousands
+            # of events per second; they are kept at DEBUG, errors are logged by us
+            log_level=logging.DEBUG,
             **broker_kwargs,
         )
-        events = NatsRouter(middlewares=[make_redelivery_middleware(settings)])
+        dispatcher = Dispatcher(settings)
+        events = NatsRouter(middlewares=[dispatcher.middleware()])
         commands = NatsRouter()
         return cls(settings=settings, service=service, broker=broker, events=events,
-                   commands=commands)
+                   commands=commands, dispatcher=dispatcher)
 
     # ---- wiring -------------------------------------------------------------------
 
@@ -230,35 +327,45 @@ class Bus:
         *,
         purpose: str,
         subject: str | None = None,
-        batch_size: int = 16,
-        max_workers: int | None = None,
+        batch_size: int = 64,
         deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
+        max_workers: int | None = None,  # accepted for symmetry; a batch is the unit of work
     ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
         """Register a durable consumer ``<service>-<purpose>`` for ``event_type``.
 
-        The handler is an ``async def handler(event: EventType, msg: NatsMessage)``; it
-        must be idempotent (see ``Database.consume``).
+        The handler is ``async def handler(event: EventType, msg: Delivery)``; it must be
+        idempotent (see ``Database.consume``).  Messages are fetched in batches; within a
+        batch the events of one entity (same ``build_id``/``resource_id``/...) are handled
+        in order, different entities concurrently.
         """
         subj = subject or event_type.subject
         spec = stream_for_subject(subj)
         durable = f"{self.service}-{purpose}"
         config = ConsumerConfig(
             durable_name=durable,
-            max_deliver=self.settings.max_deliver + 1,  # our middleware terms before this
+            max_deliver=self.settings.max_deliver + 1,  # we term before the server gives up
             ack_wait=self.settings.ack_wait_s,
             deliver_policy=deliver_policy,
-            max_ack_pending=max(1000, (max_workers or 1) * batch_size * 4),
+            max_ack_pending=max(1000, batch_size * 16),
         )
-        return self.events.subscriber(
+        subscriber = self.events.subscriber(
             subj,
             stream=JStream(spec.name, declare=False),
             durable=durable,
             config=config,
-            pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+            pull_sub=PullSub(batch_size=batch_size, timeout=0.5, batch=True),
             ack_policy=AckPolicy.MANUAL,
-            max_workers=max_workers or self.settings.consumer_concurrency,
             title=f"{durable}:{subj}",
         )
+
+        def register(fn: Callable[..., Awaitable[Any]]) -> Any:
+            if durable in self.dispatcher.registrations:
+                raise ValueError(f"consumer {durable!r} is registered twice")
+            self.dispatcher.registrations[durable] = Registration(event_type, fn, durable)
+            subscriber(fn)  # for the consumer itself and the AsyncAPI document
+            return fn
+
+        return register
 
     def on_command(self, command_type: type[Command], subject: str | None = None
                    ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
@@ -342,6 +449,6 @@ def error_reply(reply_type: type[R], code: str, message: str, hint: str | None =
 
 
 __all__ = [
-    "STREAMS", "Bus", "PermanentError", "Reply", "StreamSpec", "backoff_for", "ensure_streams",
+    "STREAMS", "Bus", "Delivery", "PermanentError", "Reply", "StreamSpec", "backoff_for", "ensure_streams",
     "error_reply", "event_headers", "reveal_secrets_json", "stream_for_subject",
 ]

@@ -41,9 +41,7 @@ class Transaction:
             json.dumps(event_headers(event)),
             event.model_dump_json().encode(),
         )
-        if not self.emitted:
-            await self.conn.execute("SELECT pg_notify($1, '')", notify_channel(self.schema))
-        self.emitted.append(event)
+        self.emitted.append(event)  # the outbox trigger notifies the relay at commit
 
     # convenience pass-throughs
     async def execute(self, query: str, *args: Any) -> str:

@@ -67,13 +67,15 @@ class OutboxRelay:
     async def flush(self) -> int:
         """Publish one batch; returns how many rows went out."""
         async with self.db.pool.acquire() as conn, conn.transaction():
+            # claim and delete in one statement; a failed publish rolls the delete back
             rows = await conn.fetch(
-                "SELECT id, subject, headers, payload FROM outbox ORDER BY id "
-                "LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id "
+                "LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, subject, headers, payload",
                 self.batch,
             )
             if not rows:
                 return 0
+            rows = sorted(rows, key=lambda r: r["id"])  # RETURNING order is not guaranteed
             acks = [
                 self.js.publish(r["subject"], bytes(r["payload"]), headers=json.loads(r["headers"]))
                 for r in rows
@@ -81,7 +83,5 @@ class OutboxRelay:
             # publishes of one batch go out together; JetStream keeps per-publisher order
             # for a single connection, and the ids are the dedupe keys
             await asyncio.gather(*acks)
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
-                               [r["id"] for r in rows])
             self.published += len(rows)
             return len(rows)

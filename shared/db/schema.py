@@ -24,6 +24,20 @@ CREATE TABLE processed_events (
 CREATE INDEX processed_events_age ON processed_events (processed_at);
 """
 
+# The relay listens on "<schema>_outbox"; a statement-level trigger wakes it, so a handler
+# spends no extra round trip on pg_notify.
+NOTIFY_FUNCTION = """
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '_outbox', '');
+    RETURN NULL;
+END $$
+"""
+NOTIFY_TRIGGER = (
+    "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox "
+    "FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
+)
+
 
 def run_sql(script: str) -> None:
     """Execute a script of ``;``-terminated statements one by one.
@@ -47,7 +61,9 @@ def run_sql(script: str) -> None:
 
 def create_outbox_tables() -> None:
     run_sql(OUTBOX_DDL)
+    op.execute(NOTIFY_FUNCTION)
+    op.execute(NOTIFY_TRIGGER)
 
 
 def drop_outbox_tables() -> None:
-    run_sql("DROP TABLE processed_events;\nDROP TABLE outbox;")
+    run_sql("DROP TABLE processed_events;\nDROP TABLE outbox;\nDROP FUNCTION outbox_notify();")
