@@ -1,0 +1,96 @@
+"""``labfleet health [SERVICE]``: is a service alive, as seen over NATS.
+
+Each service answers ``system.cmd.ping.<name>`` (see ``shared/service.py``).  Exit 0 when
+every asked service answers, 1 otherwise; container health checks use this.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import nats
+import typer
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from labfleet.shared.events.system import Ping, Pong
+from labfleet.shared.settings import load_settings
+
+from .datadir import RunFiles
+from .registry import SERVICE_NAMES, UnknownService, is_present
+
+
+async def ping_service(nc: nats.NATS, name: str, timeout: float) -> Pong:
+    subject = Ping.subject.format(service=name)
+    msg = await nc.request(subject, Ping().model_dump_json().encode(), timeout=timeout)
+    return Pong.model_validate_json(msg.data)
+
+
+async def ping_all(nats_url: str, names: list[str], timeout: float) -> dict[str, Pong | str]:
+    """Each name's Pong, or what went wrong as a sentence."""
+    nc = await nats.connect(nats_url, connect_timeout=timeout, max_reconnect_attempts=0,
+                            allow_reconnect=False)
+    try:
+        async def one(name: str) -> Pong | str:
+            try:
+                return await ping_service(nc, name, timeout)
+            except NoRespondersError:
+                return f"no instance listens on system.cmd.ping.{name}"
+            except (NatsTimeout, asyncio.TimeoutError):
+                return f"no answer on system.cmd.ping.{name} within {timeout:g} s"
+
+        results = await asyncio.gather(*(one(n) for n in names))
+        return dict(zip(names, results, strict=True))
+    finally:
+        await nc.close()
+
+
+def resolve_nats_url(data_dir: Path | None) -> str | None:
+    """LABFLEET_NATS_URL, else the NATS of a `labfleet up` running on the data dir."""
+    settings = load_settings()
+    if settings.nats_url:
+        return settings.nats_url
+    return RunFiles(data_dir or settings.data_dir).read_endpoints().get("nats_url")
+
+
+def health(
+    service: Annotated[str | None, typer.Argument(
+        help="service to ping; all of them when omitted")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 5.0,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="find NATS from a `labfleet up` on this data dir")] = None,
+) -> None:
+    """Ping a service over NATS; exit 0 if it answers, 1 if not."""
+    if service is not None and service not in SERVICE_NAMES:
+        typer.echo(f"labfleet health: {UnknownService(service)}", err=True)
+        raise typer.Exit(2)
+    url = resolve_nats_url(data_dir)
+    if not url:
+        typer.echo("labfleet health: LABFLEET_NATS_URL is not set and no `labfleet up` is "
+                   "running on the data dir: set it to the NATS server the services use",
+                   err=True)
+        raise typer.Exit(1)
+    names = [service] if service else [n for n in SERVICE_NAMES if is_present(n)]
+    if not names:
+        typer.echo("labfleet health: no service is built yet", err=True)
+        raise typer.Exit(1)
+    try:
+        results = asyncio.run(ping_all(url, names, timeout))
+    except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        typer.echo(f"labfleet health: cannot reach NATS at {url}: {exc or type(exc).__name__}",
+                   err=True)
+        raise typer.Exit(1) from None
+    healthy = True
+    for name, result in results.items():
+        if isinstance(result, Pong):
+            typer.echo(f"{name}: alive ({result.instance}, version {result.version}, "
+                       f"up since {result.started_at:%Y-%m-%d %H:%M:%S %Z})")
+        else:
+            healthy = False
+            typer.echo(f"{name}: NOT answering: {result}")
+    raise typer.Exit(0 if healthy else 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(health)
