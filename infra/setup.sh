@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssh-server openssh-client git make gcc libc6-dev)
+APT_PACKAGES=(openssh-server openssh-client git make gcc libc6-dev chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,5 +29,20 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
   .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import labfleet.shared, labfleet.cli" 
   touch "$stamp"
+fi
+# The web UI's small JavaScript (htmx and its SSE extension) comes from the npm registry,
+# copied into the gateway's static folder (not kept in the repository).
+vendor=services/gateway/static/vendor
+if [ ! -f "$vendor/htmx.min.js" ] || [ ! -f "$vendor/sse.js" ]; then
+  if command -v npm >/dev/null; then
+    echo "setup: fetching htmx for the web UI (npm)"
+    npmdir=.venv/npm
+    mkdir -p "$npmdir"
+    npm install --prefix "$npmdir" --no-audit --no-fund --silent htmx.org@2 htmx-ext-sse@2 >/dev/null
+    cp "$npmdir/node_modules/htmx.org/dist/htmx.min.js" "$vendor/htmx.min.js"
+    cp "$npmdir/node_modules/htmx-ext-sse/dist/sse.js" "$vendor/sse.js"
+  else
+    echo "setup: npm not found; the web UI works without live updates until htmx is installed" >&2
+  fi
 fi
 echo "setup: ready (.venv/bin/labfleet)"
