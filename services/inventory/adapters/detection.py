@@ -1,0 +1,86 @@
+"""Ask a build server what it is, over SSH with its host key pinned.
+
+Every remote command is an argument list (``SshPool.run`` quotes it with ``shlex.join``);
+nothing the admin typed is ever spliced into a shell line.  The commands are cheap and
+run a few at a time over the one connection the probe opens, which it closes afterwards:
+registration is rare, so there is no point keeping it.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from labfleet.shared.ssh import Credentials, RemoteCommandFailed, SshPool, probe_host_key
+
+from ..domain.capabilities import BUILD_TOOLS, HostFacts
+from ..domain.errors import InventoryRefusal
+from ..domain.toolchains import compilers_to_probe
+
+#: remote commands in flight at once on the probe's connection (sshd's MaxSessions is 10)
+PARALLEL_COMMANDS = 4
+
+
+class BuildServerProbe:
+    def __init__(self, *, connect_timeout: float, command_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+
+    async def host_key(self, address: str, port: int) -> str:
+        """The key the host presents now (raises an ``SshError`` subclass when unreachable)."""
+        return await probe_host_key(address, port, self.connect_timeout)
+
+    async def facts(self, address: str, port: int, creds: Credentials, host_key: str,
+                    work_dir: str | None) -> HostFacts:
+        pool = SshPool(connect_timeout=self.connect_timeout, command_timeout=self.command_timeout)
+        limit = asyncio.Semaphore(PARALLEL_COMMANDS)
+
+        async def output(argv: Sequence[str]) -> str:
+            async with limit:
+                result = await pool.run(address, port, creds, host_key, argv)
+            return str(result.stdout or "")
+
+        async def version(program: str) -> tuple[str, str]:
+            async with limit:
+                result = await pool.run(address, port, creds, host_key, [program, "--version"],
+                                        check=False)
+            # 127: not installed; anything else non-zero: installed but broken
+            return program, str(result.stdout or "") if result.exit_status == 0 else ""
+
+        async def disk() -> str:
+            try:
+                return await output(["df", "-Pk", "--", work_dir or "."])
+            except RemoteCommandFailed as exc:
+                if work_dir is None:
+                    raise
+                raise InventoryRefusal(
+                    "work_dir_missing",
+                    f"the work directory {work_dir!r} cannot be used on the host: "
+                    f"{exc.stderr.strip()[-200:] or 'df failed'}",
+                    hint="create it on the host (writable by the SSH user) or leave the field "
+                         "empty to use the user's home directory",
+                    field="work_dir") from None
+
+        async def home() -> str:
+            # a command starts in the user's home directory
+            return work_dir if work_dir is not None else await output(["pwd"])
+
+        try:
+            machine = await output(["uname", "-m"])  # first: connects and authenticates
+            probes = [*compilers_to_probe(machine), *BUILD_TOOLS]
+            results = await asyncio.gather(
+                output(["nproc"]),
+                output(["cat", "/proc/cpuinfo"]),
+                output(["cat", "/proc/meminfo"]),
+                disk(),
+                home(),
+                asyncio.gather(*(version(p) for p in probes)),
+                return_exceptions=True,  # let every command finish before the pool closes
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            nproc, cpuinfo, meminfo, df, cwd, versions = results
+        finally:
+            await pool.close()
+        return HostFacts(nproc=nproc, machine=machine, cpuinfo=cpuinfo, meminfo=meminfo, df=df,
+                         work_dir=cwd.strip(), versions={p: v for p, v in versions if v})

@@ -1,0 +1,76 @@
+"""NATS request/reply subscribers: bytes in → command → handler → reply out.
+
+The payload is validated here rather than by faststream's argument injection: an invalid
+command must still be answered (with what was wrong), not dropped while the requester
+waits for its timeout.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from faststream.nats import NatsMessage
+from pydantic import ValidationError
+
+from labfleet.shared.bus import Bus, error_reply, reveal_secrets_json
+from labfleet.shared.events.envelope import Command, Reply
+from labfleet.shared.events.resource import (
+    CredentialsReply,
+    GetCredentials,
+    GetResource,
+    ListResources,
+    RegisterBuildServer,
+    RegistrationReply,
+    RemoveResource,
+    ResourceListReply,
+    ResourceReply,
+)
+
+from . import handlers
+from .handlers import InventoryDeps
+
+log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound=Command)
+R = TypeVar("R", bound=Reply)
+
+
+def invalid_request(reply_type: type[R], exc: ValidationError) -> R:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or None
+    return error_reply(reply_type, "invalid_request",
+                       f"{where + ': ' if where else ''}{first.get('msg', 'invalid value')}",
+                       hint="correct the field and send again", field_name=where,
+                       errors=[{"field": ".".join(str(p) for p in e.get("loc", ())),
+                                "message": e.get("msg", "")} for e in exc.errors()])
+
+
+def serve(bus: Bus, command_type: type[C], reply_type: type[R],
+          handler: Callable[[C, InventoryDeps], Awaitable[R]], deps: InventoryDeps, *,
+          reveal_secrets: bool = False) -> None:
+    @bus.on_command(command_type)
+    async def answer(msg: NatsMessage) -> str:
+        try:
+            command = command_type.model_validate_json(msg.body)
+        except ValidationError as exc:
+            reply: Reply = invalid_request(reply_type, exc)
+        else:
+            try:
+                reply = await handler(command, deps)
+            except Exception:  # the requester is owed an answer; the trace goes to the log
+                log.exception("command failed", extra={"subject": command_type.subject})
+                reply = error_reply(reply_type, "internal_error",
+                                    f"the inventory failed while handling {command_type.subject}",
+                                    hint="see the inventory's log; retrying may help")
+        # credentials travel in clear only on this internal reply, never elsewhere
+        return reveal_secrets_json(reply) if reveal_secrets else reply.model_dump_json()
+
+
+def register_commands(bus: Bus, deps: InventoryDeps) -> None:
+    serve(bus, RegisterBuildServer, RegistrationReply, handlers.register_build_server, deps)
+    serve(bus, GetResource, ResourceReply, handlers.get_resource, deps)
+    serve(bus, ListResources, ResourceListReply, handlers.list_resources, deps)
+    serve(bus, RemoveResource, ResourceReply, handlers.remove_resource, deps)
+    serve(bus, GetCredentials, CredentialsReply, handlers.get_credentials, deps,
+          reveal_secrets=True)
