@@ -169,6 +169,8 @@ class Registration:
     event_type: type[Event]
     handler: Callable[[Any, Delivery], Awaitable[Any]]
     durable: str
+    #: handled in a task of its own, acknowledged when that ends (see ``Bus.on_event``)
+    detached: bool = False
 
 
 class Dispatcher:
@@ -191,6 +193,7 @@ class Dispatcher:
         self.schedule = list(settings.redelivery_backoff_s)
         self.registrations: dict[str, Registration] = {}
         self._tracer = trace.get_tracer("labfleet.bus")
+        self._detached: set[asyncio.Task[None]] = set()
 
     def middleware(self) -> type[BaseMiddleware]:
         dispatcher = self
@@ -218,11 +221,24 @@ class Dispatcher:
             except ValidationError as exc:
                 await self._fail(raw, exc, permanent=True)
                 continue
+            if reg.detached:
+                task = asyncio.create_task(self._run_one(raw, reg, event),
+                                           name=f"{reg.durable}:{event.event_id}")
+                self._detached.add(task)
+                task.add_done_callback(self._detached.discard)
+                continue
             key = next((str(getattr(event, f)) for f in ORDERING_FIELDS if hasattr(event, f)),
                        str(event.event_id))
             groups.setdefault(key, []).append((raw, reg, event))
         if groups:
             await asyncio.gather(*(self._run_group(g) for g in groups.values()))
+
+    async def cancel_detached(self) -> None:
+        """Stop long handlers unacknowledged: JetStream redelivers their messages later."""
+        tasks = list(self._detached)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run_group(self, items: list[tuple[Any, Registration, Any]]) -> None:
         for raw, reg, event in items:
@@ -280,6 +296,7 @@ async def dead_letter(raw: Any, meta: Any, exc: BaseException, delivered: int) -
         subject,
         event.model_dump_json().encode(),
         headers={"Nats-Msg-Id": f"dl-{meta.stream}-{meta.sequence.stream}"},
+        timeout=10.0,
     )
     log.error(
         "message dead-lettered",
@@ -330,6 +347,7 @@ class Bus:
         batch_size: int = 64,
         deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
         max_workers: int | None = None,  # accepted for symmetry; a batch is the unit of work
+        detached: bool = False,
     ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
         """Register a durable consumer ``<service>-<purpose>`` for ``event_type``.
 
@@ -337,6 +355,10 @@ class Bus:
         idempotent (see ``Database.consume``).  Messages are fetched in batches; within a
         batch the events of one entity (same ``build_id``/``resource_id``/...) are handled
         in order, different entities concurrently.
+
+        ``detached=True`` is for handlers that run for minutes (a build, a flash): each
+        message is handled in a task of its own and acknowledged when that task ends, while
+        the consumer goes on fetching; the handler calls ``msg.in_progress()`` meanwhile.
         """
         subj = subject or event_type.subject
         spec = stream_for_subject(subj)
@@ -361,7 +383,8 @@ class Bus:
         def register(fn: Callable[..., Awaitable[Any]]) -> Any:
             if durable in self.dispatcher.registrations:
                 raise ValueError(f"consumer {durable!r} is registered twice")
-            self.dispatcher.registrations[durable] = Registration(event_type, fn, durable)
+            self.dispatcher.registrations[durable] = Registration(event_type, fn, durable,
+                                                                 detached)
             subscriber(fn)  # for the consumer itself and the AsyncAPI document
             return fn
 
@@ -387,6 +410,7 @@ class Bus:
 
     async def stop(self) -> None:
         await self.broker.stop()
+        await self.dispatcher.cancel_detached()
 
     @property
     def nc(self) -> Any:
