@@ -32,6 +32,11 @@ for name, folder in ROOTS.items():
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={name: ["*.html", "*.js", "*.css", "*.ini", "*.mako", "templates/*", "static/*", "**/*.sql", "*.json", "*.yaml", "*.sh", "*.c", "*.config"] for name in packages},
+    package_data={name: ["*.html", "*.js", "*.css", "*.ini", "*.mako", "templates/*", "static/*",
+                         "**/*.sql", "*.json", "*.yaml", "*.sh", "*.c", "*.config",
+                         # Alembic's env and revisions sit in folders without __init__.py;
+                         # a non-editable install (the container image) needs them too
+                         "alembic/*.py", "alembic/*.mako", "migrations/*.py"]
+                  for name in packages},
     include_package_data=True,
 )

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openssh-server openssh-client git make gcc libc6-dev chromium)
+# docker-compose: the compose client that validates docker-compose.yml in the tests
+APT_PACKAGES=(openssh-server openssh-client git make gcc libc6-dev chromium docker-compose)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

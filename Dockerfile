@@ -1,0 +1,30 @@
+# One image for every labfleet service; the command picks which one runs:
+#   docker run labfleet:latest run scheduler      (see docker-compose.yml)
+# `labfleet health <service>` is the health check of each container.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# ssh and git: services reach build servers and lab hosts over SSH and fetch sources
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends openssh-client git \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /src
+COPY pyproject.toml setup.py ./
+COPY shared ./shared
+COPY cli ./cli
+COPY infra ./infra
+COPY services ./services
+RUN pip install . && rm -rf /src
+
+RUN useradd --system --create-home --home-dir /var/lib/labfleet labfleet
+USER labfleet
+WORKDIR /var/lib/labfleet
+ENV LABFLEET_DATA_DIR=/var/lib/labfleet
+
+ENTRYPOINT ["labfleet"]
+CMD ["services"]
