@@ -1,0 +1,146 @@
+"""The FastAPI application: routers, error bodies, sessions, static files, metrics."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from labfleet.shared.service import VERSION
+
+from .auth import SESSION_TTL
+from .context import Gateway
+from .deps import LoginRequired
+from .domain.errors import ApiError
+from .routes import (
+    api_artifacts,
+    api_build_servers,
+    api_builds,
+    api_tokens,
+    pages_auth,
+    pages_builds,
+    pages_servers,
+    system,
+)
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+SESSION_COOKIE = "labfleet_session"
+API_PREFIX = "/api/v1"
+
+
+class MetricsMiddleware:
+    """Counts and times requests by route template (``/builds/{build_id}``), not raw path,
+    so thousands of ids do not become thousands of series."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway, templates: dict[Any, str]) -> None:
+        self.app = app
+        self.metrics = gateway.metrics
+        #: endpoint function → full path template (routers keep only their own part)
+        self.templates = templates
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            template = self.templates.get(scope.get("endpoint"), "unmatched")
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, template, str(status)).inc()
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+
+
+def _error(status: int, code: str, message: str, hint: str | None = None,
+           field: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(ApiError(status, code, message, hint, field, **extra).body(),
+                        status_code=status,
+                        headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+
+def _wants_html(request: Request) -> bool:
+    return (not request.url.path.startswith("/api/")
+            and "text/html" in request.headers.get("accept", ""))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        gw: Gateway = request.app.state.gateway
+        if exc.status >= 500:
+            gw.metrics.commands.labels(str(exc.details.get("service", "")), exc.code).inc()
+        return _error(exc.status, exc.code, exc.message, exc.hint, exc.field, **exc.details)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
+        return RedirectResponse(f"/login?next={quote(exc.next_url, safe='')}", status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        first = problems[0] if problems else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc) or None
+        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg", "invalid"))
+        details = [{"field": ".".join(str(p) for p in e.get("loc", ())[1:]),
+                    "message": e.get("msg")} for e in problems]
+        return _error(422, "validation_failed", message,
+                      "correct the named field and send again", field, problems=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
+        if exc.status_code == 404 and _wants_html(request):
+            gw: Gateway = request.app.state.gateway
+            return gw.templates.TemplateResponse(
+                request, "error.html", {"user": None, "status": 404,
+                                        "message": "There is no page at this address."},
+                status_code=404)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+
+def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
+    return {route.endpoint: prefix + route.path for route in router.routes
+            if isinstance(route, APIRoute)}
+
+
+def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
+    app = FastAPI(title="labfleet gateway", version=VERSION,
+                  description="REST API of labfleet: build servers, builds and artifacts. "
+                              "Every /api/v1 call needs `Authorization: Bearer <token>`.")
+    app.state.gateway = gateway
+    api = APIRouter(prefix=API_PREFIX)
+    route_templates: dict[Any, str] = {}
+    for module in (api_build_servers, api_builds, api_artifacts, api_tokens):
+        api.include_router(module.router)
+        route_templates.update(_templates(module.router, API_PREFIX))
+    app.include_router(api)
+    for router in (system.router, pages_auth.router, pages_servers.router, pages_builds.router):
+        app.include_router(router)
+        route_templates.update(_templates(router, ""))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install_error_handlers(app)
+    app.add_middleware(SessionMiddleware, secret_key=session_secret,
+                       session_cookie=SESSION_COOKIE, max_age=int(SESSION_TTL.total_seconds()),
+                       same_site="lax", https_only=False)
+    app.add_middleware(MetricsMiddleware, gateway=gateway, templates=route_templates)
+    return app

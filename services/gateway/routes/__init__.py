@@ -1,0 +1,1 @@
+"""HTTP entrypoints: one router per resource; they only translate HTTP to handler calls."""

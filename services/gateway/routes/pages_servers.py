@@ -1,0 +1,201 @@
+"""Pages: the overview, the build-server dashboard with its live rows, a server's detail."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
+
+from labfleet.shared.events.resource import Arch
+
+from .. import handlers
+from ..adapters.live import server_key
+from ..context import Gateway
+from ..deps import GatewayDep, PageUser
+from ..domain.errors import ApiError
+from ..domain.presentation import history_plot, usage
+from ..models import BuildServerCreate, BuildServerPublic
+
+router = APIRouter(include_in_schema=False)
+
+PAGE_SIZE = 50
+STATUSES = ("online", "degraded", "offline", "maintenance", "unknown")
+
+
+def render_row(gw: Gateway, server: BuildServerPublic) -> str:
+    return gw.templates.get_template("_server_row.html").render(s=server, u=usage(server.sample))
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, gw: GatewayDep, user: PageUser) -> Response:
+    liveness = await handlers.service_liveness(gw)
+    counts: dict[str, int] = {}
+    servers_error = None
+    try:
+        page = await handlers.build_server_page(gw, size=1)
+        total = page.total
+        for view in (await gw.hub.resources(lambda: handlers.load_build_servers(gw))).values():
+            h = gw.hub.health.get(view.resource_id)
+            key = h.status.value if h else "unknown"
+            counts[key] = counts.get(key, 0) + 1
+    except ApiError as exc:
+        total, servers_error = 0, exc.message
+    builds, builds_error = [], None
+    try:
+        builds = await handlers.list_builds(gw, limit=10)
+    except ApiError as exc:
+        builds_error = exc.message
+    return gw.templates.TemplateResponse(request, "overview.html", {
+        "user": user, "liveness": liveness, "total": total, "counts": counts,
+        "servers_error": servers_error, "builds": builds, "builds_error": builds_error})
+
+
+@router.get("/build-servers", response_class=HTMLResponse)
+async def dashboard(request: Request, gw: GatewayDep, user: PageUser,
+                    q: str | None = None, status: str | None = None,
+                    page: Annotated[int, Query(ge=1)] = 1) -> Response:
+    return await _dashboard(request, gw, user, q=q, status=status, page=page)
+
+
+async def _dashboard(request: Request, gw: Gateway, user: Any, *, q: str | None = None,
+                     status: str | None = None, page: int = 1,
+                     form: dict[str, Any] | None = None, status_code: int = 200) -> Response:
+    error = None
+    try:
+        window = await handlers.build_server_page(gw, query=q, status=status or None,
+                                                  page=page, size=PAGE_SIZE)
+    except ApiError as exc:
+        window, error = None, exc
+    rows = [render_row(gw, s) for s in window.items] if window else []
+    return gw.templates.TemplateResponse(request, "build_servers.html", {
+        "user": user, "page": window, "rows": rows, "error": error, "q": q or "",
+        "status": status or "", "statuses": STATUSES, "form": form or empty_form(),
+        "archs": list(Arch),
+        "ids": ",".join(str(s.id) for s in window.items) if window else ""},
+        status_code=status_code)
+
+
+@router.get("/build-servers/stream")
+async def dashboard_stream(request: Request, gw: GatewayDep, _: PageUser,
+                           ids: str = "") -> EventSourceResponse:
+    """Rows of the servers this page shows, re-rendered when their data changes."""
+    wanted = []
+    for text in ids.split(",")[:500]:
+        try:
+            wanted.append(uuid.UUID(text))
+        except ValueError:
+            continue
+    client = gw.hub.connect(server_key(i) for i in wanted)
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        try:
+            while not gw.hub.closing.is_set():
+                try:
+                    keys = await asyncio.wait_for(client.queue.get(), timeout=5.0)
+                except TimeoutError:
+                    continue
+                views = await gw.hub.resources(lambda: handlers.load_build_servers(gw))
+                for key in sorted(keys):
+                    resource_id = uuid.UUID(key.split(":", 1)[1])
+                    view = views.get(resource_id)
+                    if view is None:
+                        continue
+                    server = await handlers.build_server_public(gw, view)
+                    gw.metrics.live_updates.inc()
+                    yield {"event": f"row-{resource_id}", "data": render_row(gw, server)}
+        finally:
+            gw.hub.disconnect(client)
+
+    return EventSourceResponse(events(), ping=15, headers={"X-Accel-Buffering": "no"})
+
+
+# ---- registration form ----------------------------------------------------------------
+
+
+def empty_form() -> dict[str, Any]:
+    return {"values": {"ssh_port": "22", "auth": "key"}, "errors": {}, "registered": None}
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
+
+
+def form_to_model(values: dict[str, Any]) -> BuildServerCreate:
+    labels: dict[str, str] = {}
+    for pair in _split(values.get("labels", "")):
+        key, _, value = pair.partition("=")
+        labels[key.strip()] = value.strip()
+    use_key = values.get("auth") != "password"
+    return BuildServerCreate(
+        hostname=values.get("hostname", "").strip(), address=values.get("address", "").strip(),
+        ssh_port=values.get("ssh_port") or 22, username=values.get("username", "").strip(),
+        password=None if use_key else (values.get("password") or None),
+        private_key=(values.get("private_key") or None) if use_key else None,
+        architectures=values.get("architectures", []),
+        build_configs=_split(values.get("build_configs", "")), labels=labels,
+        expected_host_key_fingerprint=values.get("expected_host_key_fingerprint") or None,
+        work_dir=values.get("work_dir") or None)
+
+
+@router.post("/build-servers", response_class=HTMLResponse)
+async def register(request: Request, gw: GatewayDep, user: PageUser) -> Response:
+    raw = await request.form()
+    values: dict[str, Any] = {k: v for k, v in raw.items() if isinstance(v, str)}
+    values["architectures"] = [a for a in raw.getlist("architectures") if isinstance(a, str)]
+    errors: dict[str, str] = {}
+    registered = None
+    try:
+        registered = await handlers.register_build_server(gw, form_to_model(values), user)
+    except ValidationError as exc:
+        for e in exc.errors():
+            field = str(e["loc"][0]) if e["loc"] else "_form"
+            errors.setdefault(field, str(e["msg"]).removeprefix("Value error, "))
+    except ApiError as exc:
+        text = exc.message + (f" — {exc.hint}" if exc.hint else "")
+        field = exc.field if exc.field in FORM_FIELDS else "_form"
+        if field == "password" and values.get("auth") != "password":
+            field = "private_key"
+        errors[field] = text
+    # secrets are never echoed back into the page
+    safe = {k: v for k, v in values.items() if k not in ("password", "private_key")}
+    form = {"values": safe if errors else empty_form()["values"], "errors": errors,
+            "registered": registered}
+    code = 200 if not errors else 422
+    if request.headers.get("HX-Request"):
+        return gw.templates.TemplateResponse(request, "_register_form.html", {
+            # htmx swaps only 2xx answers: the form with its messages comes back as 200
+            "form": form, "archs": list(Arch)})
+    return await _dashboard(request, gw, user, form=form, status_code=code)
+
+
+FORM_FIELDS = {"hostname", "address", "ssh_port", "username", "password", "private_key",
+               "architectures", "build_configs", "labels", "expected_host_key_fingerprint",
+               "work_dir"}
+
+
+# ---- one server -----------------------------------------------------------------------
+
+
+@router.get("/build-servers/{server_id}", response_class=HTMLResponse)
+async def detail(request: Request, server_id: uuid.UUID, gw: GatewayDep, user: PageUser
+                 ) -> Response:
+    try:
+        server = await handlers.build_server_detail(gw, server_id)
+    except ApiError as exc:
+        return gw.templates.TemplateResponse(request, "error.html", {
+            "user": user, "status": exc.status, "message": exc.message, "hint": exc.hint},
+            status_code=exc.status)
+    return gw.templates.TemplateResponse(request, "build_server.html", {
+        "user": user, "s": server, "u": usage(server.sample), "row": render_row(gw, server),
+        "plot": history_plot(server.history)})
+
+
+@router.post("/build-servers/{server_id}/remove")
+async def remove(server_id: uuid.UUID, gw: GatewayDep, user: PageUser) -> Response:
+    await handlers.remove_build_server(gw, server_id, user)
+    return RedirectResponse("/build-servers", status_code=303)

@@ -1,0 +1,108 @@
+"""Shared pieces of the gateway tests (no tests here): a running gateway on real NATS and
+PostgreSQL, and tiny responders that stand in for other services on the real bus,
+answering the real contracts."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import nats
+import pytest
+from pydantic import BaseModel
+
+from labfleet.embedded.ports import free_port
+
+
+@dataclass
+class RunningGateway:
+    service: Any
+    base_url: str
+    data_dir: Path
+    admin_password: str
+    admin_token: str
+    nc: Any
+    received: dict[str, list[bytes]] = field(default_factory=dict)
+
+    @property
+    def gateway(self) -> Any:
+        return self.service.gateway
+
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token or self.admin_token}"}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=30.0,
+                                 **kwargs)
+
+    def anonymous(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=30.0)
+
+
+def read_credentials(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(": ")
+        out[key] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+async def gateway(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> AsyncIterator[RunningGateway]:
+    from labfleet.gateway.main import create
+    from labfleet.shared.settings import Settings
+
+    # the first start must find no users (the test database may have seen a gateway before)
+    conn = await asyncpg.connect(database_url)
+    try:
+        if await conn.fetchval("SELECT to_regclass('gateway.users') IS NOT NULL"):
+            await conn.execute("DELETE FROM gateway.users")
+    finally:
+        await conn.close()
+    data_dir = tmp_path_factory.mktemp("gateway-data")
+    settings = Settings(nats_url=nats_url, database_url=database_url, data_dir=data_dir,
+                        log_json=False, http_host="127.0.0.1", http_port=free_port("127.0.0.1"))
+    service = create(settings)
+    await service.start()
+    creds = read_credentials(data_dir / "admin-credentials")
+    nc = await nats.connect(nats_url)
+    running = RunningGateway(service=service,
+                             base_url=f"http://127.0.0.1:{settings.http_port}",
+                             data_dir=data_dir, admin_password=creds["password"],
+                             admin_token=creds["api_token"], nc=nc)
+    yield running
+    await nc.close()
+    await service.stop()
+
+
+Handler = Callable[[bytes], Awaitable[BaseModel] | BaseModel]
+
+
+@contextlib.asynccontextmanager
+async def responder(nc: Any, subject: str, handler: Handler,
+                    received: list[bytes] | None = None) -> AsyncIterator[list[bytes]]:
+    """Answer ``subject`` with ``handler(request bytes)`` until the block ends."""
+    seen: list[bytes] = received if received is not None else []
+
+    async def on_request(msg: Any) -> None:
+        seen.append(msg.data)
+        reply = handler(msg.data)
+        if asyncio.iscoroutine(reply):
+            reply = await reply
+        await msg.respond(reply.model_dump_json().encode())  # type: ignore[union-attr]
+
+    sub = await nc.subscribe(subject, cb=on_request)
+    await nc.flush()
+    try:
+        yield seen
+    finally:
+        await sub.unsubscribe()
+        await nc.flush()
+
+
+def fixed(reply: BaseModel) -> Handler:
+    return lambda _data: reply
