@@ -1,0 +1,154 @@
+"""The web UI in a real browser (Debian's Chromium driven by Playwright) against a real
+gateway on real NATS and PostgreSQL: log in, watch a build server's row change live."""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from labfleet.shared.events.envelope import ErrorInfo
+from labfleet.shared.events.health import HostSample, HostSampled
+from labfleet.shared.events.resource import (
+    RegisterBuildServer,
+    RegistrationReply,
+    ResourceKind,
+    ResourceListReply,
+)
+from tests.integration.test_gateway_api import server_view
+from tests.integration.test_gateway_support import (  # noqa: F401
+    RunningGateway,
+    fixed,
+    gateway,
+    responder,
+)
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run"]
+
+
+@pytest.fixture
+async def browser():  # type: ignore[no-untyped-def]
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (/usr/bin/chromium): run "
+                    "`bash infra/setup.sh`, which installs it")
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed: pip install -e '.[test]'")
+    async with async_playwright() as p:
+        chromium = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def log_in(page, gateway: RunningGateway) -> None:  # type: ignore[no-untyped-def]
+    await page.goto(f"{gateway.base_url}/build-servers")
+    assert "/login" in page.url  # pages need a session
+    await page.fill("input[name=username]", "admin")
+    await page.fill("input[name=password]", "wrong")
+    await page.click("button[type=submit]")
+    assert await page.locator(".error").inner_text() == "Wrong user name or password."
+    await page.fill("input[name=password]", gateway.admin_password)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{gateway.base_url}/build-servers")
+
+
+def sample(resource_id: uuid.UUID, cpu: float) -> HostSampled:
+    return HostSampled(sample=HostSample(
+        resource_id=resource_id, kind=ResourceKind.BUILD_SERVER, at=datetime.now(UTC),
+        cpu_pct=cpu, load1=1.0, cpu_cores=4, mem_total_mb=8192, mem_used_mb=4096,
+        disk_total_gb=100.0, disk_free_gb=60.0, compile_procs=3))
+
+
+async def test_dashboard_row_updates_live_when_a_sample_arrives(
+        gateway: RunningGateway, browser) -> None:  # type: ignore[no-untyped-def]
+    tag = uuid.uuid4().hex[:6]
+    watched, other = server_view(f"live-{tag}-a"), server_view(f"live-{tag}-b")
+    gateway.gateway.hub.forget_resources()
+    js = gateway.nc.jetstream()
+    await js.publish(f"sample.build_server.{watched.resource_id}",
+                     sample(watched.resource_id, 12.0).model_dump_json().encode())
+    async with responder(gateway.nc, "resource.cmd.list", fixed(ResourceListReply(
+            ok=True, resources=[watched, other]))):
+        context = await browser.new_context()
+        page = await context.new_page()
+        await log_in(page, gateway)
+        cookie = next(c for c in await context.cookies() if c["name"] == "labfleet_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+        await page.goto(f"{gateway.base_url}/build-servers?q=live-{tag}")
+        row = page.locator(f"#server-{watched.resource_id}")
+        await row.wait_for()
+        cpu = row.locator("[data-metric=cpu] .num")
+        assert await cpu.inner_text() == "12%"
+        await page.evaluate("window.__not_reloaded = true")
+        # the SSE stream is open once the hub counts the browser as a client
+        deadline = time.monotonic() + 10
+        while not gateway.gateway.hub.clients and time.monotonic() < deadline:
+            await page.wait_for_timeout(50)
+        assert gateway.gateway.hub.clients, "the page did not open its live stream"
+
+        published = time.monotonic()
+        await js.publish(f"sample.build_server.{watched.resource_id}",
+                         sample(watched.resource_id, 87.0).model_dump_json().encode())
+        await page.wait_for_function(
+            f"document.querySelector('#server-{watched.resource_id} [data-metric=cpu] .num')"
+            ".textContent.trim() === '87%'", timeout=10_000)
+        latency = time.monotonic() - published
+        assert await page.evaluate("window.__not_reloaded === true")
+        assert "(3 cc)" in await row.locator("[data-metric=active]").inner_text()
+        other_cpu = page.locator(f"#server-{other.resource_id} [data-metric=cpu] .num")
+        assert await other_cpu.inner_text() == "–"
+        print(f"\n[gateway] sample → browser row updated in {latency * 1000:.0f} ms")
+        assert latency < 10.0
+        await context.close()
+
+
+async def test_registration_form_shows_errors_by_the_field_and_the_fingerprint(
+        gateway: RunningGateway, browser) -> None:  # type: ignore[no-untyped-def]
+    tag = uuid.uuid4().hex[:6]
+    gateway.gateway.hub.forget_resources()
+    context = await browser.new_context()
+    page = await context.new_page()
+    async with responder(gateway.nc, "resource.cmd.list",
+                         fixed(ResourceListReply(ok=True, resources=[]))):
+        await log_in(page, gateway)
+
+        async def fill() -> None:
+            await page.fill("input[name=hostname]", f"reg-{tag}")
+            await page.fill("input[name=address]", "127.0.0.1")
+            await page.fill("input[name=username]", "lab")
+            await page.check("input[value=password]")
+            await page.fill("input[name=password]", "hunter2")
+            await page.check("input[name=architectures][value=arm64]")
+
+        refused = RegistrationReply(ok=False, error=ErrorInfo(
+            code="missing_toolchain", message="arm64 needs aarch64-linux-gnu-gcc, not found",
+            hint="install gcc-aarch64-linux-gnu or untick arm64", field="architectures"))
+        await fill()
+        async with responder(gateway.nc, RegisterBuildServer.subject, fixed(refused)):
+            await page.click("form.register button[type=submit]")
+            message = page.locator("#error-architectures")
+            await message.wait_for(timeout=10_000)
+        assert "aarch64-linux-gnu-gcc" in await message.inner_text()
+        # what was typed stays (except the password)
+        assert await page.input_value("input[name=hostname]") == f"reg-{tag}"
+        assert await page.input_value("input[name=password]") == ""
+
+        view = server_view(f"reg-{tag}")
+        await fill()
+        async with responder(gateway.nc, RegisterBuildServer.subject,
+                             fixed(RegistrationReply(ok=True, resource=view))):
+            await page.click("form.register button[type=submit]")
+            await page.locator("#registered").wait_for(timeout=10_000)
+        assert await page.locator("#fingerprint").inner_text() == "SHA256:abcdef"
+        assert "4 cores" in await page.locator("#registered").inner_text()
+    await context.close()
