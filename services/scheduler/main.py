@@ -1,0 +1,26 @@
+"""Bootstrap: wire the scheduler's dependencies and subscribers into a Service."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from labfleet.shared.service import Service
+from labfleet.shared.settings import Settings
+
+from .config import SchedulerConfig
+from .domain.placement import PlacementPolicy
+from .entrypoints import register
+from .handlers import SchedulerDeps
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def create(settings: Settings, config: SchedulerConfig | None = None) -> Service:
+    config = config or SchedulerConfig()
+    svc = Service.create("scheduler", settings, migrations=MIGRATIONS)
+    assert svc.db is not None
+    min_disk = config.min_free_disk_gb
+    policy = PlacementPolicy(
+        min_free_disk_gb=settings.disk_warning_gb if min_disk is None else min_disk,
+        sample_max_age_s=config.sample_max_age_s)
+    register(svc.bus, SchedulerDeps(db=svc.db, config=config, policy=policy))
+    return svc
