@@ -6,6 +6,13 @@ cd "$(dirname "$0")/.."
 
 # docker-compose: the compose client that validates docker-compose.yml in the tests
 APT_PACKAGES=(openssh-server openssh-client git make gcc libc6-dev chromium docker-compose)
+# The emulated lab (infra/lab): QEMU, libvirt (daemon without systemd units), ser2net, the
+# cross toolchains and kernel sources for lab kernels, pdudaemon's and libvirt-python's build deps.
+APT_PACKAGES+=(qemu-system-x86 qemu-system-arm qemu-system-misc qemu-utils libvirt-daemon
+  libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config libsystemd-dev ser2net
+  gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
+  libc6-dev-riscv64-cross libc6-dev-armhf-cross linux-source busybox-static flex bison bc
+  libelf-dev libssl-dev cpio xz-utils iproute2 e2fsprogs openssl util-linux python3-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

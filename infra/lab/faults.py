@@ -1,0 +1,121 @@
+"""Fault injection: what breaks in a real lab, done to lab hosts and boards for real.
+
+Hosts: ``link-down``/``link-up`` (the host's cable: its bridge-side veth),
+``sshd-stop``/``sshd-start``, ``disk-fill``/``disk-free`` (its own work disk, /home/lab,
+filled to 100 % with one allocated file), ``cpu-burn``/``cpu-idle`` (one niced busy loop
+per core inside the host; CPU figures in /proc are the machine's, shared by all hosts),
+``hang``/``resume`` (every process of the host stopped with SIGSTOP: TCP connects, nothing
+answers).  Boards: ``hang``/``resume`` (the machine's CPUs paused), ``overheat``/``cool``
+(the temperature the board reports jumps to 95 C / returns to 45 C).  ``clear`` undoes all.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from labfleet.lab import boards, host as hostmod, netns, procs
+from labfleet.lab.paths import LabPaths
+from labfleet.lab.power import qemu_pid
+from labfleet.lab.state import BoardState, HostState, LabState
+
+HOST_FAULTS = {"link-down": "link-up", "sshd-stop": "sshd-start", "disk-fill": "disk-free",
+               "cpu-burn": "cpu-idle", "hang": "resume"}
+BOARD_FAULTS = {"hang": "resume", "overheat": "cool"}
+CLEARS = {v: k for k, v in {**HOST_FAULTS, **BOARD_FAULTS}.items()}
+ALL_ACTIONS = sorted({*HOST_FAULTS, *HOST_FAULTS.values(), *BOARD_FAULTS,
+                      *BOARD_FAULTS.values(), "clear"})
+FILL_FILE = "/home/lab/.labfleet-disk-fill"
+HOT_MC, NORMAL_MC = 95000, 45000
+
+
+class FaultError(ValueError):
+    pass
+
+
+def inject(lab: LabState, target: str, action: str, paths: LabPaths) -> str:
+    """Apply action to a host or board; returns a one-line description of what was done."""
+    if action not in ALL_ACTIONS:
+        raise FaultError(f"unknown fault {action!r}; use one of: {', '.join(ALL_ACTIONS)}")
+    if target in lab.boards:
+        return _board(lab, lab.boards[target], action, paths)
+    if target not in lab.hosts:
+        names = ", ".join([*sorted(lab.hosts), *sorted(lab.boards)])
+        raise FaultError(f"no lab host or board named {target!r}; there are: {names}")
+    h = lab.hosts[target]
+    if action == "clear":
+        for fault in list(h.faults):
+            clear(lab, h, fault, paths)
+        return f"{h.name}: all faults cleared"
+    if action in BOARD_FAULTS and action not in HOST_FAULTS:
+        raise FaultError(f"{action} applies to boards, and {target} is a {h.role}")
+    if action in HOST_FAULTS:
+        _apply(h, action, paths)
+        if action not in h.faults:
+            h.faults.append(action)
+        return f"{h.name}: {action}"
+    fault = CLEARS[action]
+    clear(lab, h, fault, paths)
+    return f"{h.name}: {action}"
+
+
+def _apply(h: HostState, fault: str, paths: LabPaths) -> None:
+    if fault == "link-down":
+        netns.set_link(h.veth, False)
+    elif fault == "sshd-stop":
+        procs.stop(h.pids.get("sshd"))
+    elif fault == "disk-fill":
+        free = hostmod.run_in(h, ["df", "-B1", "--output=avail", "/home/lab"]).stdout.split()[-1]
+        hostmod.run_in(h, ["fallocate", "-l", free, FILL_FILE])
+    elif fault == "cpu-burn":
+        if not any(procs.alive(p) for p in h.extra.get("burn", [])):
+            assert h.holder_pid
+            h.extra["burn"] = [
+                procs.spawn(procs.in_host(h.holder_pid, ["nice", "-n", "19", "sh", "-c",
+                                                          "while :; do :; done"]),
+                            paths.host_dir(h.name) / "logs" / "cpu-burn.log")
+                for _ in range(os.cpu_count() or 2)]
+    elif fault == "hang":
+        for pid in netns.netns_pids(h.netns):
+            os.kill(pid, signal.SIGSTOP)
+
+
+def clear(lab: LabState, h: HostState, fault: str, paths: LabPaths) -> None:
+    if fault == "link-down":
+        netns.set_link(h.veth, True)
+    elif fault == "sshd-stop":
+        hostmod.start_sshd(h, paths)
+    elif fault == "disk-fill":
+        if procs.alive(h.holder_pid):
+            hostmod.run_in(h, ["rm", "-f", FILL_FILE], check=False)
+    elif fault == "cpu-burn":
+        for pid in h.extra.pop("burn", []):
+            procs.stop(pid)
+    elif fault == "hang":
+        for pid in netns.netns_pids(h.netns):
+            os.kill(pid, signal.SIGCONT)
+    if fault in h.faults:
+        h.faults.remove(fault)
+
+
+def _board(lab: LabState, board: BoardState, action: str, paths: LabPaths) -> str:
+    bdir = paths.board_dir(board.name)
+    if action not in (*BOARD_FAULTS, *BOARD_FAULTS.values(), "clear"):
+        raise FaultError(f"{action} applies to hosts; boards take: "
+                         f"{', '.join(sorted({*BOARD_FAULTS, *BOARD_FAULTS.values(), 'clear'}))}")
+    running = qemu_pid(bdir) is not None
+    if action in ("overheat", "cool", "clear"):
+        board.temperature_mc = HOT_MC if action == "overheat" else NORMAL_MC
+        config = bdir / "board.json"
+        import json
+        data = json.loads(config.read_text())
+        data["temperature_mc"] = board.temperature_mc
+        config.write_text(json.dumps(data))
+        if running:
+            boards.send_temperature(bdir, board.temperature_mc)
+    if action in ("hang", "resume", "clear"):
+        if not running:
+            if action == "hang":
+                raise FaultError(f"{board.name} is off: power it on before hanging it")
+        else:
+            boards.qmp(bdir / "qmp.sock", "stop" if action == "hang" else "cont")
+    return f"{board.name}: {action}"
