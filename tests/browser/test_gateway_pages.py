@@ -20,6 +20,7 @@ from labfleet.shared.events.resource import (
 from tests.integration.test_gateway_api import server_view
 from tests.integration.test_gateway_support import (  # noqa: F401
     RunningGateway,
+    artifact_store,
     fixed,
     gateway,
     responder,
@@ -151,4 +152,55 @@ async def test_registration_form_shows_errors_by_the_field_and_the_fingerprint(
             await page.locator("#registered").wait_for(timeout=10_000)
         assert await page.locator("#fingerprint").inner_text() == "SHA256:abcdef"
         assert "4 cores" in await page.locator("#registered").inner_text()
+    await context.close()
+
+
+async def test_build_page_streams_the_log_live_and_offers_the_artifact(
+        gateway: RunningGateway, browser) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from labfleet.shared.events.build import ArtifactInfo, BuildReply, BuildStatus, LogChunk
+    from tests.integration.test_gateway_api import build_view
+
+    build_id = uuid.uuid4()
+    js = gateway.nc.jetstream()
+    payload = b"\x7fELF fake kernel image\n" * 100
+    store = await artifact_store(js)
+    await store.put(f"{build_id}/Image", payload)
+    running = build_view(build_id, BuildStatus.RUNNING)
+    done = build_view(build_id, BuildStatus.SUCCEEDED, [ArtifactInfo(
+        name="Image", size=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
+        object_name=f"{build_id}/Image", bucket="artifacts")])
+    current = {"view": running}
+
+    async def put(seq: int, text: str, eof: bool = False) -> None:
+        chunk = LogChunk(build_id=build_id, seq=seq, at=datetime.now(UTC), text=text, eof=eof)
+        await js.publish(f"log.build.{build_id}", chunk.model_dump_json().encode())
+
+    await put(1, "fetching <repo>\n")
+    context = await browser.new_context(accept_downloads=True)
+    page = await context.new_page()
+    async with responder(gateway.nc, "resource.cmd.list",
+                         fixed(ResourceListReply(ok=True, resources=[]))), \
+            responder(gateway.nc, "build.cmd.get",
+                      lambda _: BuildReply(ok=True, build=current["view"])):
+        await log_in(page, gateway)
+        await page.goto(f"{gateway.base_url}/builds/{build_id}")
+        log = page.locator("#log")
+        await page.wait_for_function(
+            "document.querySelector('#log').textContent.includes('fetching <repo>')",
+            timeout=10_000)
+        await put(2, "compiling\n")
+        await page.wait_for_function(
+            "document.querySelector('#log').textContent.includes('compiling')", timeout=10_000)
+        current["view"] = done
+        await put(3, "done\n", eof=True)
+        await page.get_by_role("link", name="Image").wait_for(timeout=10_000)
+        assert await log.text_content() == "fetching <repo>\ncompiling\ndone\n"
+        assert hashlib.sha256(payload).hexdigest() in await page.content()
+        async with page.expect_download() as download_info:
+            await page.get_by_role("link", name="Image").click()
+        download = await download_info.value
+        saved = Path(await download.path())
+        assert saved.read_bytes() == payload
     await context.close()

@@ -39,7 +39,14 @@ from labfleet.shared.events.resource import (
 )
 from labfleet.shared.events.system import Pong
 
-from .test_gateway_support import RunningGateway, fixed, gateway, responder  # noqa: F401
+from .test_gateway_support import (  # noqa: F401
+    RunningGateway,
+    artifact_store,
+    fixed,
+    gateway,
+    kv_bucket,
+    responder,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -194,8 +201,8 @@ async def test_build_server_detail_joins_kv_state_and_history(gateway: RunningGa
 
     view = server_view(f"bs-detail-{uuid.uuid4().hex[:6]}")
     js = gateway.nc.jetstream()
-    samples = await js.create_key_value(bucket=SAMPLES_BUCKET)
-    health = await js.create_key_value(bucket=HEALTH_BUCKET)
+    samples = await kv_bucket(js, SAMPLES_BUCKET)
+    health = await kv_bucket(js, HEALTH_BUCKET)
     await samples.put(str(view.resource_id), sample(view.resource_id, 42.0).model_dump_json()
                       .encode())
     await health.put(str(view.resource_id), HealthRecord(
@@ -330,7 +337,7 @@ async def test_artifact_download_streams_the_stored_bytes_with_checksum(
     build_id = uuid.uuid4()
     payload = os.urandom(700 * 1024 + 17)  # several object-store chunks
     js = gateway.nc.jetstream()
-    store = await js.create_object_store("artifacts")
+    store = await artifact_store(js)
     await store.put(f"{build_id}/Image", payload)
     digest = hashlib.sha256(payload).hexdigest()
     info = ArtifactInfo(name="Image", size=len(payload), sha256=digest,

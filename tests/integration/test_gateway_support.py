@@ -106,3 +106,24 @@ async def responder(nc: Any, subject: str, handler: Handler,
 
 def fixed(reply: BaseModel) -> Handler:
     return lambda _data: reply
+
+
+async def kv_bucket(js: Any, name: str) -> Any:
+    """Bind to a KV bucket the way its owner (the monitor) does: use it if it exists."""
+    import nats.js.errors
+    from nats.js.api import KeyValueConfig
+
+    try:
+        return await js.key_value(name)
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(KeyValueConfig(bucket=name, history=1))
+
+
+async def artifact_store(js: Any) -> Any:
+    """The ``artifacts`` object store, bound if the builder made it already."""
+    import nats.js.errors
+
+    try:
+        return await js.object_store("artifacts")
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_object_store("artifacts")

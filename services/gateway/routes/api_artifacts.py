@@ -12,6 +12,7 @@ from labfleet.shared.events.resource import Arch
 
 from .. import handlers
 from ..adapters.state import ArtifactNotFound, artifact_info, stream_artifact
+from ..context import Gateway
 from ..deps import CurrentUser, GatewayDep
 from ..domain.errors import ApiError
 from ..models import ArtifactPublic
@@ -34,6 +35,11 @@ async def find(gw: GatewayDep, _: CurrentUser,
 async def download(build_id: uuid.UUID, gw: GatewayDep, _: CurrentUser,
                    name: Annotated[str, Path(pattern=r"^[^/\\]+$")]) -> StreamingResponse:
     """The stored bytes, with their SHA-256 in ``X-Checksum-SHA256``."""
+    return await artifact_response(gw, build_id, name)
+
+
+async def artifact_response(gw: Gateway, build_id: uuid.UUID, name: str) -> StreamingResponse:
+    """Stream one stored artifact (the API and the pages share this)."""
     object_name = f"{build_id}/{name}"
     try:
         obj = await artifact_info(gw.bus.js, object_name)

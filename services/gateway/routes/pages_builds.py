@@ -6,9 +6,9 @@ import contextlib
 import html
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
@@ -19,6 +19,7 @@ from labfleet.shared.events.resource import Arch
 from .. import handlers
 from ..adapters.live import build_key
 from ..adapters.state import read_log
+from .api_artifacts import artifact_response
 from ..context import Gateway
 from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
@@ -169,6 +170,13 @@ async def log_stream(build_id: uuid.UUID, gw: GatewayDep, _: PageUser) -> EventS
             gw.hub.disconnect(client)
 
     return EventSourceResponse(events(), ping=15)
+
+
+@router.get("/builds/{build_id}/artifacts/{name}")
+async def download(build_id: uuid.UUID, name: Annotated[str, Path(pattern=r"^[^/\\]+$")],
+                   gw: GatewayDep, _: PageUser) -> Response:
+    """The same bytes as the API's download, for a logged-in browser."""
+    return await artifact_response(gw, build_id, name)
 
 
 @router.post("/builds/{build_id}/cancel")
