@@ -144,6 +144,14 @@ class Delivery:
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        # faststream documents a handler (AsyncAPI) from its signature; this argument is
+        # the transport, not part of the message, so its schema accepts anything
+        from pydantic_core import core_schema
+
+        return core_schema.any_schema()
+
     @property
     def raw_message(self) -> Any:
         return self.raw
