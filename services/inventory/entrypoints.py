@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from faststream.nats import NatsMessage
-from pydantic import ValidationError
-
 from labfleet.shared.bus import Bus, error_reply, reveal_secrets_json
 from labfleet.shared.events.envelope import Command, Reply
 from labfleet.shared.events.resource import (
@@ -26,6 +24,7 @@ from labfleet.shared.events.resource import (
     ResourceListReply,
     ResourceReply,
 )
+from pydantic import ValidationError
 
 from . import handlers
 from .handlers import InventoryDeps

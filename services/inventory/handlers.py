@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncssh
-from pydantic import SecretStr
-
 from labfleet.shared.db import Database
 from labfleet.shared.events.resource import (
     CredentialsReply,
@@ -35,6 +33,7 @@ from labfleet.shared.events.resource import (
 )
 from labfleet.shared.secrets import CredentialKeyMissing, SecretBox
 from labfleet.shared.ssh import Credentials, RemoteCommandFailed, SshError, fingerprint
+from pydantic import SecretStr
 
 from .adapters.detection import BuildServerProbe
 from .adapters.repository import ResourceRepository, SealedCredentials, StoredResource

@@ -19,8 +19,6 @@ import asyncpg
 import nats
 import pytest
 from cryptography.fernet import Fernet
-from pydantic import SecretStr
-
 from labfleet.embedded.ports import free_port
 from labfleet.inventory.domain.toolchains import native_arch
 from labfleet.inventory.main import create
@@ -44,6 +42,7 @@ from labfleet.shared.events.resource import (
 from labfleet.shared.secrets import SecretBox
 from labfleet.shared.service import Service
 from labfleet.shared.ssh import fingerprint
+from pydantic import SecretStr
 
 pytestmark = pytest.mark.integration
 
@@ -81,10 +80,10 @@ async def ask(nc, command, reply_type, timeout: float = 30.0):  # type: ignore[n
 
 
 def registration(sshd, name: str, **overrides) -> RegisterBuildServer:  # type: ignore[no-untyped-def]
-    fields: dict[str, object] = dict(
-        hostname=name, address=sshd.host, ssh_port=sshd.port, username=sshd.username,
-        private_key=SecretStr(sshd.private_key),
-        architectures=[HERE_ARCH] if HERE_ARCH else [], requested_by="test-admin")
+    fields: dict[str, object] = {
+        "hostname": name, "address": sshd.host, "ssh_port": sshd.port, "username": sshd.username,
+        "private_key": SecretStr(sshd.private_key),
+        "architectures": [HERE_ARCH] if HERE_ARCH else [], "requested_by": "test-admin"}
     fields.update(overrides)
     return RegisterBuildServer(**fields)  # type: ignore[arg-type]
 
@@ -227,14 +226,14 @@ def unreachable_address(unique: str) -> Iterator[str]:
     ]
     try:
         for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True)
+            done = subprocess.run(step, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 pytest.skip(f"cannot create a network namespace here ({' '.join(step)}: "
                             f"{done.stderr.strip()})")
         yield f"169.254.{net}.2"
     finally:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", here], capture_output=True, check=False)
 
 
 async def test_unreachable_address_is_unreachable(inventory, nc, pg, sshd, unique,  # type: ignore[no-untyped-def]

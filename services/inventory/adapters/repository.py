@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-
 from labfleet.shared.db import Database, Transaction
 from labfleet.shared.events.resource import (
     BuildServerCapabilities,

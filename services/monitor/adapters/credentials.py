@@ -1,0 +1,60 @@
+"""SSH credentials asked once from the inventory and kept in memory only.
+
+They are never written to the monitor's database, KV or logs.  A host that rejects them
+has them forgotten, so the next poll asks again (the admin may have changed them).
+"""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import nats.errors
+from labfleet.shared.bus import Bus
+from labfleet.shared.events.resource import CredentialsReply, GetCredentials
+from labfleet.shared.ssh import Credentials
+
+
+class CredentialsUnavailable(Exception):
+    """The inventory could not say how to log in; not the host's fault."""
+
+    def __init__(self, message: str, code: str = "credentials_unavailable") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class CredentialCache:
+    def __init__(self, bus: Bus, *, timeout: float = 5.0) -> None:
+        self.bus = bus
+        self.timeout = timeout
+        self._known: dict[uuid.UUID, Credentials] = {}
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}
+
+    async def get(self, resource_id: uuid.UUID) -> Credentials:
+        known = self._known.get(resource_id)
+        if known is not None:
+            return known
+        async with self._locks.setdefault(resource_id, asyncio.Lock()):
+            if resource_id not in self._known:
+                self._known[resource_id] = await self._ask(resource_id)
+            return self._known[resource_id]
+
+    async def _ask(self, resource_id: uuid.UUID) -> Credentials:
+        try:
+            reply = await self.bus.request(GetCredentials(resource_id=resource_id),
+                                           CredentialsReply, timeout=self.timeout)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+            raise CredentialsUnavailable(
+                f"the inventory did not answer {GetCredentials.subject} within "
+                f"{self.timeout:g}s") from None
+        if not reply.ok or reply.resource is None:
+            error = reply.error
+            raise CredentialsUnavailable(error.message if error else "no credentials",
+                                         error.code if error else "credentials_unavailable")
+        return Credentials(
+            reply.resource.ssh.username,
+            password=reply.password.get_secret_value() if reply.password else None,
+            private_key=reply.private_key.get_secret_value() if reply.private_key else None)
+
+    def forget(self, resource_id: uuid.UUID) -> None:
+        self._known.pop(resource_id, None)
+        self._locks.pop(resource_id, None)

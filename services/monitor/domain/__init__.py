@@ -1,0 +1,1 @@
+"""Pure rules of the monitor: reading a poll's output, judging a host's health."""
