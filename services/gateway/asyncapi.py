@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import warnings
+from urllib.parse import unquote
 from typing import Any
 
 from faststream.specification import AsyncAPI
@@ -79,7 +80,8 @@ def channel_rows(document: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for op_name, op in sorted(document.get("operations", {}).items()):
         ref = op.get("channel", {}).get("$ref", "")
-        channel = channels.get(ref.rsplit("/", 1)[-1], {})
+        # references are URL-escaped ("resource.%2A" for the key "resource.*")
+        channel = channels.get(unquote(ref.rsplit("/", 1)[-1]), {})
         messages = channel.get("messages", {})
         rows.append({
             "operation": op_name,
