@@ -27,14 +27,17 @@ Say = Callable[[str], None]
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for printing."""
+    """The URL without its password (or NATS token), for printing."""
     parts = urlsplit(url)
-    if parts.password is None:
+    # nats://TOKEN@host: a NATS user part without a password is a token
+    token = parts.scheme in ("nats", "tls", "ws", "wss") and bool(parts.username) \
+        and not parts.password
+    if not parts.password and not token:
         return url
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    netloc = f"***@{host}" if token else f"{parts.username}:***@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
 
 
