@@ -10,11 +10,10 @@ from __future__ import annotations
 import importlib
 import logging
 import warnings
-from urllib.parse import unquote
 from typing import Any
+from urllib.parse import unquote
 
 from faststream.specification import AsyncAPI
-
 from labfleet.shared.service import VERSION
 from labfleet.shared.settings import Settings
 
@@ -54,9 +53,10 @@ def build_asyncapi(settings: Settings) -> dict[str, Any]:
             service.bus.include()
             _render(service.bus.broker)  # a schema that cannot render is left out, named
         except Exception as exc:  # noqa: BLE001 - one broken service must not hide the rest
+            first_line = (str(exc).splitlines() or [repr(exc)])[0]
             log.warning("service left out of the AsyncAPI document",
-                        extra={"service": name, "error": f"{type(exc).__name__}: {exc}"})
-            missing[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+                        extra={"service": name, "error": f"{type(exc).__name__}: {first_line}"})
+            missing[name] = f"{type(exc).__name__}: {first_line}"
             continue
         brokers.append(service.bus.broker)
     document = _render(*brokers)

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.templating import Jinja2Templates
-
 from labfleet.shared.bus import Bus
 from labfleet.shared.settings import Settings
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-
 from labfleet.shared.bus import Bus
 
 from .adapters.accounts import User

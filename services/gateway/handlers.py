@@ -109,6 +109,7 @@ async def build_server_page(gw: Gateway, *, query: str | None = None,
                             status: str | None = None, page: int = 1, size: int = 50
                             ) -> Page[BuildServerPublic]:
     await gw.hub.seed()
+    await _seed_active_builds(gw)
     views = await gw.hub.resources(lambda: load_build_servers(gw))
     chosen = [v for v in views.values()
               if v.kind == ResourceKind.BUILD_SERVER
@@ -123,6 +124,17 @@ async def build_server_page(gw: Gateway, *, query: str | None = None,
     window = paginate(chosen, page, size)
     rows = await asyncio.gather(*(build_server_public(gw, v) for v in window.items))
     return Page(items=list(rows), total=window.total, page=window.page, size=window.size)
+
+
+async def _seed_active_builds(gw: Gateway) -> None:
+    """Once: which builds run where now (later changes arrive as build events)."""
+    if gw.hub.builds_seeded:
+        return
+    try:
+        builds = await list_builds(gw, limit=1000)
+    except ApiError:
+        return  # the builder is not up yet; try again on the next page
+    gw.hub.seed_active_builds((b.build_id, b.server_id, b.status) for b in builds)
 
 
 async def get_build_server(gw: Gateway, resource_id: uuid.UUID) -> BuildServerPublic:

@@ -18,8 +18,6 @@ from pathlib import Path
 
 import asyncpg
 import uvicorn
-from fastapi.templating import Jinja2Templates
-
 from labfleet.shared.service import Service
 from labfleet.shared.settings import Settings
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
-
 from labfleet.shared.events.build import BuildPhase, BuildSpec, BuildStatus, BuildView
 from labfleet.shared.events.envelope import ErrorInfo
 from labfleet.shared.events.health import HostSample
@@ -18,6 +16,7 @@ from labfleet.shared.events.resource import (
     ResourceView,
     SshTarget,
 )
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .adapters.state import HealthState
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-
 from labfleet.shared.events.envelope import ErrorInfo
 from labfleet.shared.events.health import HostSample, HostSampled
 from labfleet.shared.events.resource import (
@@ -17,6 +16,7 @@ from labfleet.shared.events.resource import (
     ResourceKind,
     ResourceListReply,
 )
+
 from tests.integration.test_gateway_api import server_view
 from tests.integration.test_gateway_support import (  # noqa: F401
     RunningGateway,
@@ -160,6 +160,7 @@ async def test_build_page_streams_the_log_live_and_offers_the_artifact(
     import hashlib
 
     from labfleet.shared.events.build import ArtifactInfo, BuildReply, BuildStatus, LogChunk
+
     from tests.integration.test_gateway_api import build_view
 
     build_id = uuid.uuid4()

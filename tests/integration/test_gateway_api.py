@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-
 from labfleet.shared.events.build import (
     ArtifactInfo,
     BuildReply,

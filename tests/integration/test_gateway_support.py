@@ -14,9 +14,8 @@ import asyncpg
 import httpx
 import nats
 import pytest
-from pydantic import BaseModel
-
 from labfleet.embedded.ports import free_port
+from pydantic import BaseModel
 
 
 @dataclass

@@ -22,7 +22,6 @@ async def test_register_through_the_api_then_watch_it_live(
     if missing:
         pytest.skip(f"needs the services {missing} (not in this checkout yet)")
     from cryptography.fernet import Fernet
-
     from labfleet.inventory.main import create as create_inventory
     from labfleet.monitor.main import create as create_monitor
 

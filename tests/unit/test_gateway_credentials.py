@@ -6,7 +6,6 @@ import uuid
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from labfleet.gateway.domain.credentials import (
     hash_password,
     new_bearer,

@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from labfleet.gateway.domain.errors import ApiError, status_for_code
 from labfleet.gateway.domain.paging import MAX_PAGE_SIZE, matches_query, paginate
 from labfleet.gateway.domain.presentation import build_progress, history_plot, usage

@@ -9,10 +9,9 @@ import logging
 from typing import TypeVar
 
 import nats.errors
-from pydantic import ValidationError
-
 from labfleet.shared.bus import Bus
 from labfleet.shared.events.envelope import Command, Reply
+from pydantic import ValidationError
 
 from ..domain.errors import ApiError, service_timeout, service_unavailable
 

@@ -17,11 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from labfleet.shared.events.build import BuildStatus
 from labfleet.shared.events.health import HEALTH_BUCKET, SAMPLES_BUCKET, HealthChanged, HostSample
 from labfleet.shared.events.resource import ResourceRegistered, ResourceRemoved, ResourceView
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .state import HealthState, SharedState, parse_health, parse_sample
 
@@ -86,6 +85,7 @@ class LiveHub:
         self._subs: list[Any] = []
         self._task: asyncio.Task[None] | None = None
         self._seeded = False
+        self.builds_seeded = False
         self.on_clients_changed: Callable[[int], None] = lambda n: None
         #: set when the gateway stops, so open streams end instead of holding shutdown
         self.closing = asyncio.Event()
@@ -114,7 +114,7 @@ class LiveHub:
             return
         samples = await self.state.all_entries(SAMPLES_BUCKET)
         health = await self.state.all_entries(HEALTH_BUCKET)
-        for key, data in samples.items():
+        for data in samples.values():
             sample = parse_sample(data)
             if sample is not None:
                 self.samples.setdefault(sample.resource_id, sample)
@@ -224,3 +224,4 @@ class LiveHub:
         for build_id, server_id, status in builds:
             if server_id is not None and status in ACTIVE:
                 self.active_builds.setdefault(server_id, set()).add(build_id)
+        self.builds_seeded = True

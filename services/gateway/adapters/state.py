@@ -13,10 +13,9 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from labfleet.shared.events.build import LogChunk
 from labfleet.shared.events.health import HEALTH_BUCKET, SAMPLES_BUCKET, HealthStatus, HostSample
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 log = logging.getLogger(__name__)
 

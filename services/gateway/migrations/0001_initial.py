@@ -1,6 +1,5 @@
 """Users, API tokens and browser sessions: the only state the gateway owns."""
 from alembic import op
-
 from labfleet.shared.db.schema import create_outbox_tables, drop_outbox_tables, run_sql
 
 revision = "0001"

@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
-
 from labfleet.shared.events.resource import Arch
 
 from .. import handlers

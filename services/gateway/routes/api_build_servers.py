@@ -5,7 +5,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-
 from labfleet.shared.events.resource import ResourceView
 
 from .. import handlers

@@ -10,20 +10,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
-from sse_starlette import EventSourceResponse
-
 from labfleet.shared.events.build import BuildSpec, BuildView
 from labfleet.shared.events.resource import Arch
+from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
 
 from .. import handlers
 from ..adapters.live import build_key
 from ..adapters.state import read_log
-from .api_artifacts import artifact_response
 from ..context import Gateway
 from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
 from ..domain.presentation import build_progress
+from .api_artifacts import artifact_response
 
 router = APIRouter(include_in_schema=False)
 

@@ -8,10 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from labfleet.shared.events.resource import Arch
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
-
-from labfleet.shared.events.resource import Arch
 
 from .. import handlers
 from ..adapters.live import server_key
