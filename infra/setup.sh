@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# docker-compose: the compose client that validates docker-compose.yml in the tests
-APT_PACKAGES=(openssh-server openssh-client git make gcc libc6-dev chromium docker-compose)
+# python3-venv/-dev: the virtualenv and C extensions; docker-compose: the compose client
+# that validates docker-compose.yml in the tests
+APT_PACKAGES=(python3 python3-venv python3-dev openssh-server openssh-client git make gcc libc6-dev chromium docker-compose)
 # The emulated lab (infra/lab): QEMU, libvirt (daemon without systemd units), ser2net, the
 # cross toolchains and kernel sources for lab kernels, pdudaemon's and libvirt-python's build deps.
 APT_PACKAGES+=(qemu-system-x86 qemu-system-arm qemu-system-misc qemu-utils libvirt-daemon

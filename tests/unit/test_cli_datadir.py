@@ -29,15 +29,13 @@ def test_secrets_are_generated_once_private_and_stable(tmp_path: Path) -> None:
     first = stack_secrets(settings, tmp_path)
     assert stack_secrets(settings, tmp_path) == first
     Fernet(first["LABFLEET_CREDENTIAL_KEY"].encode())  # a usable key
-    for name in ("credential.key", "session.key"):
-        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "credential.key").stat().st_mode & 0o777 == 0o600
 
 
 def test_secrets_from_the_environment_win(tmp_path: Path) -> None:
     key = Fernet.generate_key().decode()
-    settings = Settings(data_dir=tmp_path, credential_key=key, session_secret="s3cret")
-    assert stack_secrets(settings, tmp_path) == {
-        "LABFLEET_CREDENTIAL_KEY": key, "LABFLEET_SESSION_SECRET": "s3cret"}
+    settings = Settings(data_dir=tmp_path, credential_key=key)
+    assert stack_secrets(settings, tmp_path) == {"LABFLEET_CREDENTIAL_KEY": key}
     assert not (tmp_path / "credential.key").exists()
 
 
