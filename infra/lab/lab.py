@@ -205,8 +205,18 @@ def _bring_up_host(lab: LabState, h: HostState, paths: LabPaths, password_hash: 
 
 
 def _write_known_hosts(lab: LabState) -> None:
-    Path(lab.known_hosts).write_text(
-        "".join(f"{h.address} {h.host_key}\n" for h in lab.hosts.values()))
+    known = Path(lab.known_hosts)
+    known.write_text("".join(f"{h.address} {h.host_key}\n" for h in lab.hosts.values()))
+    # For OpenSSH-based clients (libvirt's qemu+ssh runs `ssh`): the lab's key, the pinned
+    # host keys, and strict checking.  `ssh -F <lab dir>/ssh_config lab@10.231.x.y`.
+    config = known.parent / "ssh_config"
+    config.write_text(f"Host *\n  User lab\n  IdentityFile {lab.user_key}\n  IdentitiesOnly yes\n"
+                      f"  UserKnownHostsFile {known}\n  StrictHostKeyChecking yes\n"
+                      "  BatchMode yes\n  ConnectTimeout 10\n")
+    wrapper = known.parent / "bin" / "ssh"
+    wrapper.parent.mkdir(exist_ok=True)
+    wrapper.write_text(f"#!/bin/sh\nexec ssh -F {config} \"$@\"\n")
+    wrapper.chmod(0o755)
 
 
 def _remove_host(lab: LabState, h: HostState, paths: LabPaths) -> None:
@@ -266,6 +276,9 @@ def status(paths: LabPaths | None = None) -> dict[str, Any]:
             entry["toolchains"] = h.toolchains
         if h.role == "qemu-host":
             entry["libvirt_uri"] = f"qemu+ssh://{h.user}@{h.address}/system"
+            # the same, through the lab's ssh wrapper (its key, pinned host keys)
+            entry["libvirt_uri_lab"] = (f"qemu+ssh://{h.user}@{h.address}/system"
+                                        f"?command={paths.lab_dir}/bin/ssh")
             entry["kvm"] = lab.kvm
         if h.role == "flash-station":
             entry.update(station.public_info(lab, h))
@@ -273,5 +286,6 @@ def status(paths: LabPaths | None = None) -> dict[str, Any]:
     boards = [station.board_info(lab, b, paths) for b in lab.boards.values()]
     return {"up": True, "lab_dir": str(paths.lab_dir), "subnet": lab.subnet,
             "gateway": lab.gateway, "known_hosts": lab.known_hosts, "kvm": lab.kvm,
+            "ssh_config": str(paths.lab_dir / "ssh_config"),
             "git": {"url": lab.git_url, "repos": gitrepos.REPOS},
             "arches": list(ARCHES), "hosts": hosts, "boards": boards}

@@ -1,0 +1,53 @@
+"""The emulated lab for the lab tests: brought up once per session, reused if already up.
+
+``LABFLEET_LAB_DIR`` selects the lab directory; the tests default to their own
+(``/var/lib/labfleet-lab-test``) so they never touch a lab someone brought up by hand.
+The last test of ``test_lab.py`` brings it down and checks that nothing is left.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TEST_LAB_DIR = "/var/lib/labfleet-lab-test"
+
+
+def _missing() -> str | None:
+    if os.geteuid() != 0:
+        return "the lab needs root (namespaces, bridges, loop devices)"
+    for tool in ("ip", "nsenter", "unshare", "qemu-system-x86_64", "qemu-system-aarch64",
+                 "qemu-system-riscv64", "libvirtd", "ser2net", "sshd", "mke2fs", "debugfs"):
+        if not shutil.which(tool) and not Path("/usr/sbin", tool).exists():
+            return f"{tool} is not installed (bash infra/setup.sh installs the lab's packages)"
+    if not list(Path("/usr/src").glob("linux-source-*.tar.xz")):
+        return "Debian's linux-source is not installed (bash infra/setup.sh installs it)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def lab_paths():  # type: ignore[no-untyped-def]
+    reason = _missing()
+    if reason:
+        print(f"\n[labfleet tests] lab tests skipped: {reason}")
+        pytest.skip(reason)
+    from labfleet.lab.paths import LabPaths
+
+    return LabPaths.from_env(os.environ.get("LABFLEET_LAB_DIR") or TEST_LAB_DIR)
+
+
+@pytest.fixture(scope="session")
+def lab(lab_paths) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The lab's status (2 build servers, 2 QEMU hosts, 3 boards), up for the session."""
+    import time
+
+    from labfleet.lab import lab as labmod
+
+    started = time.monotonic()
+    labmod.up(labmod.LabSpec(build_servers=2, qemu_hosts=2, boards=3), lab_paths,
+              say=lambda m: print(f"[lab] {m}"))
+    print(f"\n[labfleet tests] lab up in {time.monotonic() - started:.1f} s at {lab_paths.lab_dir}")
+    return labmod.status(lab_paths)
