@@ -7,10 +7,13 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -27,6 +30,19 @@ pytestmark = pytest.mark.integration
 READY = "Ctrl-C stops everything"
 
 
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A directory outside pytest's own temporary root.
+
+    The embedded PostgreSQL runs as an unprivileged user when tests run as root, and
+    pytest keeps resetting its root (``/tmp/pytest-of-<user>``) to mode 0700, which would
+    lock that user out of its data directory in the middle of a test.
+    """
+    path = Path(tempfile.mkdtemp(prefix="labfleet-up-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -41,9 +57,10 @@ def alive(pid: int) -> bool:
 class Up:
     """One ``labfleet up`` process and its console output."""
 
-    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("LABFLEET_NATS_URL", "LABFLEET_DATABASE_URL", "LABFLEET_DATA_DIR")}
+    def __init__(self, data_dir: Path, port: int, log: Path, keep_urls: bool = False) -> None:
+        dropped = {"LABFLEET_DATA_DIR"} | (
+            set() if keep_urls else {"LABFLEET_NATS_URL", "LABFLEET_DATABASE_URL"})
+        env = {k: v for k, v in os.environ.items() if k not in dropped}
         self.log = log
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
@@ -190,3 +207,43 @@ def test_up_supervises_stops_cleanly_and_keeps_state(tmp_path: Path, unique: str
     finally:
         code = again.interrupt()
     assert code == 0, again.text[-4000:]
+
+
+def test_up_uses_configured_servers_and_starts_none(tmp_path: Path) -> None:
+    """With LABFLEET_NATS_URL / LABFLEET_DATABASE_URL set, `up` runs the services on them."""
+    from labfleet.embedded import start_nats, start_postgres
+
+    nats_server = start_nats(tmp_path / "nats")
+    postgres = start_postgres(tmp_path / "pg")
+    data_dir = tmp_path / "data"
+    up = None
+    try:
+        env_urls = {"LABFLEET_NATS_URL": nats_server.url, "LABFLEET_DATABASE_URL": postgres.url}
+        os.environ.update(env_urls)
+        try:
+            up = Up(data_dir, free_port(), tmp_path / "up.log", keep_urls=True)
+        finally:
+            for key in env_urls:
+                os.environ.pop(key)
+        up.wait_for(READY, 120)
+        text = up.text
+        assert f"NATS: {nats_server.url} (from LABFLEET_NATS_URL)" in text
+        assert "(from LABFLEET_DATABASE_URL)" in text
+        assert "embedded" not in text
+        assert not (data_dir / "nats").exists() and not (data_dir / "postgres").exists()
+        services = [e.name for e in load_all() if e.available]
+        if services:  # they answer on the configured NATS, so they were handed its URL
+            pongs = asyncio.run(_ping(nats_server.url, services))
+            assert all(not isinstance(p, str) for p in pongs.values()), pongs
+        assert up.interrupt() == 0
+    finally:
+        if up is not None:
+            up.ensure_gone()
+        nats_server.stop()
+        postgres.stop()
+
+
+async def _ping(url: str, names: list[str]) -> dict[str, object]:
+    from labfleet.cli.health import ping_all
+
+    return dict(await ping_all(url, names, timeout=5))
