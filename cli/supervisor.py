@@ -151,7 +151,10 @@ class Supervisor:
             return None
         child.process = proc
         child.starts += 1
-        self.run_files.write_pid(child.name, proc.pid)
+        try:
+            self.run_files.write_pid(child.name, proc.pid)
+        except OSError as exc:  # supervision goes on; only the pid file is missing
+            self.out.say(f"cannot write the pid file of {child.name}: {exc}")
         again = f", restart {child.starts - 1}" if child.starts > 1 else ""
         self.out.say(f"started {child.name} (pid {proc.pid}{again})")
         pump = asyncio.create_task(self._pump(child, proc))
