@@ -330,7 +330,8 @@ class Bus:
         from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 
         broker = NatsBroker(
-            settings.require_nats(),
+            # a comma-separated URL lists the cluster's seed servers
+            [u.strip() for u in settings.require_nats().split(",") if u.strip()],
             middlewares=[NatsTelemetryMiddleware()],
             graceful_timeout=15.0,
             # per-message "Received/Processed" lines cost more than a handler at thousands
