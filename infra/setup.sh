@@ -34,8 +34,11 @@ fi
 stamp=.venv/.labfleet-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   echo "setup: installing labfleet and its dependencies into .venv"
-  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  # pip's own exit status decides (PIPESTATUS); the filter only drops noise about
+  # local index folders this machine may not have
+  .venv/bin/pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || true; }
+  .venv/bin/pip install -q -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "setup: pip install failed" >&2; exit 1; }
   .venv/bin/python -c "import labfleet.shared, labfleet.cli" 
   touch "$stamp"
 fi
