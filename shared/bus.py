@@ -399,12 +399,17 @@ class Bus:
 
         return register
 
-    def on_command(self, command_type: type[Command], subject: str | None = None
-                   ) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-        """A request/reply handler; replicas share commands through a queue group."""
+    def on_command(self, command_type: type[Command], subject: str | None = None, *,
+                   max_workers: int = 1) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
+        """A request/reply handler; replicas share commands through a queue group.
+
+        Requests are answered one at a time unless ``max_workers`` > 1: a command that
+        waits on something slow (an SSH probe of a host) needs several, or one unreachable
+        host holds up every other request of that kind.
+        """
         subj = subject or command_type.subject
         return self.commands.subscriber(subj, queue=f"{self.service}-cmd",
-                                        title=f"{self.service}:{subj}")
+                                        title=f"{self.service}:{subj}", max_workers=max_workers)
 
     def include(self) -> None:
         self.broker.include_router(self.events)
