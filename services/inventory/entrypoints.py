@@ -31,6 +31,9 @@ from .handlers import InventoryDeps
 
 log = logging.getLogger(__name__)
 
+#: registrations probed at once; each holds one SSH connection while it runs
+REGISTRATIONS_AT_ONCE = 8
+
 C = TypeVar("C", bound=Command)
 R = TypeVar("R", bound=Reply)
 
@@ -47,8 +50,8 @@ def invalid_request(reply_type: type[R], exc: ValidationError) -> R:
 
 def serve(bus: Bus, command_type: type[C], reply_type: type[R],
           handler: Callable[[C, InventoryDeps], Awaitable[R]], deps: InventoryDeps, *,
-          reveal_secrets: bool = False) -> None:
-    @bus.on_command(command_type)
+          reveal_secrets: bool = False, concurrency: int = 4) -> None:
+    @bus.on_command(command_type, max_workers=concurrency)
     async def answer(msg: NatsMessage) -> str:
         try:
             command = command_type.model_validate_json(msg.body)
@@ -67,9 +70,12 @@ def serve(bus: Bus, command_type: type[C], reply_type: type[R],
 
 
 def register_commands(bus: Bus, deps: InventoryDeps) -> None:
-    serve(bus, RegisterBuildServer, RegistrationReply, handlers.register_build_server, deps)
+    # a registration waits on SSH (up to the connect timeout for a dead host): several at once
+    serve(bus, RegisterBuildServer, RegistrationReply, handlers.register_build_server, deps,
+          concurrency=REGISTRATIONS_AT_ONCE)
     serve(bus, GetResource, ResourceReply, handlers.get_resource, deps)
     serve(bus, ListResources, ResourceListReply, handlers.list_resources, deps)
     serve(bus, RemoveResource, ResourceReply, handlers.remove_resource, deps)
+    # asked by every monitor and builder for every host they log in to
     serve(bus, GetCredentials, CredentialsReply, handlers.get_credentials, deps,
-          reveal_secrets=True)
+          reveal_secrets=True, concurrency=16)

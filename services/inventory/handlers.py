@@ -61,7 +61,8 @@ async def register_build_server(cmd: RegisterBuildServer, deps: InventoryDeps) -
                "architectures": [a.value for a in cmd.architectures]}
     try:
         view = await _register_build_server(cmd, deps)
-    except InventoryRefusal as refusal:
+    except Exception as exc:  # noqa: BLE001 - every failure is owed an answer and an audit row
+        refusal = exc if isinstance(exc, InventoryRefusal) else _unexpected(exc, cmd)
         log.info("build server registration refused",
                  extra={"resource_name": cmd.hostname, "code": refusal.code, **attempt})
         await _audit_safely(deps, cmd.requested_by, "register_build_server", refusal.code,
@@ -136,6 +137,14 @@ async def _register_build_server(cmd: RegisterBuildServer, deps: InventoryDeps) 
             resource_id=view.resource_id, resource_name=view.name, address=cmd.address,
             port=cmd.ssh_port, username=cmd.username, host_key_fingerprint=presented)
     return view
+
+
+def _unexpected(exc: Exception, cmd: RegisterBuildServer) -> InventoryRefusal:
+    log.error("build server registration failed", exc_info=exc,
+              extra={"resource_name": cmd.hostname})
+    return InventoryRefusal(
+        "internal_error", f"registering {cmd.hostname} failed unexpectedly ({type(exc).__name__})",
+        hint="see the inventory's log; nothing was registered, retrying may help")
 
 
 def _login(cmd: RegisterBuildServer) -> Credentials:

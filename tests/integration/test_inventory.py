@@ -11,6 +11,7 @@ import json
 import platform
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -247,7 +248,8 @@ async def test_unreachable_address_is_unreachable(inventory, nc, pg, sshd, uniqu
     await assert_nothing_stored(pg, name, "unreachable")
 
 
-async def test_silent_port_is_timeout(inventory, nc, pg, sshd, unique):  # type: ignore[no-untyped-def]
+async def test_silent_port_is_timeout_and_blocks_no_other_registration(  # type: ignore[no-untyped-def]
+        inventory, nc, pg, sshd, unique):
     """Something accepts the TCP connection but never speaks SSH (a hung sshd)."""
     held: list[asyncio.StreamWriter] = []
 
@@ -257,14 +259,27 @@ async def test_silent_port_is_timeout(inventory, nc, pg, sshd, unique):  # type:
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     name = f"bs-silent-{unique}"
+    finished: dict[str, float] = {}
+
+    async def timed(label: str, command: RegisterBuildServer) -> RegistrationReply:
+        reply = await ask(nc, command, RegistrationReply)
+        finished[label] = time.monotonic()
+        return reply
+
     try:
-        reply = await ask(nc, registration(sshd, name, address="127.0.0.1", ssh_port=port),
-                          RegistrationReply)
+        silent = asyncio.create_task(timed("silent", registration(
+            sshd, name, address="127.0.0.1", ssh_port=port)))
+        await asyncio.sleep(0.2)  # the silent one is being probed first
+        good = await timed("good", registration(sshd, f"bs-meanwhile-{unique}"))
+        reply = await silent
     finally:
         for w in held:
             w.close()
         server.close()
         await server.wait_closed()
+    assert good.ok and good.resource is not None, good.error
+    assert finished["good"] < finished["silent"], "a hung host held up another registration"
+    await ask(nc, RemoveResource(resource_id=good.resource.resource_id), ResourceReply)
     assert not reply.ok and reply.error is not None
     assert reply.error.code == "timeout", reply.error
     await assert_nothing_stored(pg, name, "timeout")

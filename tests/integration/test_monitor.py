@@ -12,13 +12,16 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 from cryptography.fernet import Fernet
+from labfleet.embedded.ports import free_port
 from labfleet.inventory.main import create as create_inventory
+from labfleet.monitor.adapters.history import SampleHistory
 from labfleet.monitor.main import create as create_monitor
 from labfleet.shared.bus import reveal_secrets_json
 from labfleet.shared.events.health import (
@@ -28,6 +31,7 @@ from labfleet.shared.events.health import (
     HealthChanged,
     HealthRecord,
     HealthStatus,
+    HostSample,
     HostSampled,
     SampleHistoryReply,
 )
@@ -35,8 +39,12 @@ from labfleet.shared.events.resource import (
     RegisterBuildServer,
     RegistrationReply,
     RemoveResource,
+    ResourceKind,
+    ResourceRegistered,
+    ResourceRemoved,
     ResourceReply,
     ResourceView,
+    SshTarget,
 )
 from labfleet.shared.service import Service
 from pydantic import SecretStr
@@ -168,6 +176,20 @@ def stop_with_sessions(server: Sshd) -> None:
             pass
 
 
+async def what_the_monitor_said(nc: Any, resource_id: uuid.UUID, *collectors: Collector) -> str:
+    """For a failure message: the KV state and every event seen about the resource."""
+    js = nc.jetstream()
+    said = []
+    for bucket in (SAMPLES_BUCKET, HEALTH_BUCKET):
+        try:
+            said.append(f"KV {bucket}: {(await (await js.key_value(bucket)).get(str(resource_id))).value!r}")
+        except Exception as exc:  # noqa: BLE001 - this is a diagnosis
+            said.append(f"KV {bucket}: {type(exc).__name__}")
+    for collector in collectors:
+        said += [f"{t:.2f} {e!r}" for t, e in collector.items if for_resource(resource_id)(e)]
+    return "\n".join(said)
+
+
 def for_resource(resource_id: uuid.UUID, status: HealthStatus | None = None):  # type: ignore[no-untyped-def]
     def match(event: Any) -> bool:
         if isinstance(event, HostSampled):
@@ -187,7 +209,7 @@ async def test_samples_then_offline_then_online(stack, nc, tmp_path, unique):  #
 
         # samples on the stream subject within a few seconds, with plausible values
         first = await samples.wait_for(for_resource(rid), timeout=10)
-        assert first is not None, "no sample within 10 s of registration"
+        assert first is not None, await what_the_monitor_said(nc, rid, health)
         s = first.sample
         assert s.cpu_cores == view.capabilities.cpu_cores
         assert 0.0 <= s.cpu_pct <= 100.0 and s.load1 >= 0
@@ -229,7 +251,7 @@ async def test_samples_then_offline_then_online(stack, nc, tmp_path, unique):  #
         stop_with_sessions(server)
         offline = await health.wait_for(for_resource(rid, HealthStatus.OFFLINE),
                                         timeout=OFFLINE_AFTER * INTERVAL + 8)
-        assert offline is not None, "no offline transition"
+        assert offline is not None, await what_the_monitor_said(nc, rid, health)
         took = next(t for t, e in health.items if e is offline) - stopped
         assert took < OFFLINE_AFTER * INTERVAL + 8
         print(f"\n[monitor] offline {took:.2f}s after the host went away")
@@ -250,7 +272,7 @@ async def test_samples_then_offline_then_online(stack, nc, tmp_path, unique):  #
         back = await health.wait_for(
             lambda e: for_resource(rid, HealthStatus.ONLINE)(e) and e.previous is HealthStatus.OFFLINE,
             timeout=10)
-        assert back is not None, "no transition back to online"
+        assert back is not None, await what_the_monitor_said(nc, rid, health)
         print(f"[monitor] online again {next(t for t, e in health.items if e is back) - restarted:.2f}s "
               "after sshd restarted")
         await remove(nc, rid)
@@ -273,7 +295,7 @@ async def test_a_frozen_host_delays_nobody_and_goes_offline_alone(stack, nc, tmp
         frozen_at = time.monotonic()
         offline = await health.wait_for(for_resource(b.resource_id, HealthStatus.OFFLINE),
                                         timeout=20)
-        assert offline is not None, "the frozen host never went offline"
+        assert offline is not None, await what_the_monitor_said(nc, b.resource_id, health)
         window = [t for t, e in samples.items if for_resource(a.resource_id)(e) and t > frozen_at]
         assert len(window) >= 4, "the healthy host stopped being sampled"
         gaps = [later - earlier for earlier, later in itertools.pairwise(window)]
@@ -298,10 +320,77 @@ async def test_low_disk_is_degraded_with_a_warning(stack, nc, tmp_path, unique):
     try:
         view = await register(nc, server, f"mon-disk-{unique}")
         degraded = await health.wait_for(for_resource(view.resource_id, HealthStatus.DEGRADED),
-                                         timeout=10)
-        assert degraded is not None
+                                         timeout=15)
+        assert degraded is not None, await what_the_monitor_said(nc, view.resource_id, health)
         assert degraded.warnings and degraded.warnings[0].startswith("disk_low")
         assert "1e+06 GB" in degraded.warnings[0] or "1000000 GB" in degraded.warnings[0]
         await remove(nc, view.resource_id)
     finally:
         server.stop()
+
+
+async def wait_until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.1)
+    return await check()
+
+
+async def test_projection_is_idempotent_and_a_removal_is_final(stack, nc, unique):  # type: ignore[no-untyped-def]
+    """The inventory's events, published as it publishes them: twice, and out of order."""
+    _, monitor = stack
+    db = monitor.db
+    view = ResourceView(
+        resource_id=uuid.uuid4(), kind=ResourceKind.BUILD_SERVER, name=f"proj-{unique}",
+        ssh=SshTarget(address="127.0.0.1", port=free_port("127.0.0.1"), username="nobody",
+                      host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5"
+                               "C9okWi0dh2l9GKJl"))
+    js = nc.jetstream()
+    registered = ResourceRegistered(resource=view)
+    payload = registered.model_dump_json().encode()
+    await js.publish(registered.subject, payload, headers={"Nats-Msg-Id": str(registered.event_id)})
+    # the same event again under another message id: JetStream keeps both, the monitor acts once
+    await js.publish(registered.subject, payload, headers={"Nats-Msg-Id": f"again-{unique}"})
+
+    async def handled() -> bool:
+        return await db.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1",
+                                 registered.event_id) == 1 and \
+            await db.fetchval("SELECT count(*) FROM resources WHERE id = $1 AND NOT removed",
+                              view.resource_id) == 1
+    assert await wait_until(handled), "the registration never reached the projection"
+
+    removed = ResourceRemoved(resource_id=view.resource_id, kind=view.kind)
+    await js.publish(removed.subject, removed.model_dump_json().encode(),
+                     headers={"Nats-Msg-Id": str(removed.event_id)})
+    late = ResourceRegistered(resource=view, occurred_at=registered.occurred_at)
+    await js.publish(late.subject, late.model_dump_json().encode(),
+                     headers={"Nats-Msg-Id": str(late.event_id)})
+
+    async def late_handled() -> bool:
+        return await db.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1",
+                                 late.event_id) == 1
+    assert await wait_until(late_handled)
+    assert await db.fetchval("SELECT removed FROM resources WHERE id = $1", view.resource_id)
+    assert await db.fetchval("SELECT count(*) FROM processed_events WHERE event_id = ANY($1)",
+                             [registered.event_id, removed.event_id, late.event_id]) == 3
+
+
+async def test_history_older_than_a_week_is_pruned(stack):  # type: ignore[no-untyped-def]
+    _, monitor = stack
+    history = SampleHistory(monitor.db)
+    rid = uuid.uuid4()
+    now = datetime.now(UTC)
+    for age in (timedelta(days=8), timedelta(days=6), timedelta(minutes=1)):
+        history.add(HostSample(resource_id=rid, kind=ResourceKind.BUILD_SERVER, at=now - age,
+                               cpu_pct=1, load1=0.1, cpu_cores=2, mem_total_mb=100,
+                               mem_used_mb=10, disk_total_gb=10, disk_free_gb=5))
+    await history.flush()
+    assert len(await history.between(rid, None, None, 100)) == 3
+    assert await history.prune() >= 1
+    kept = await history.between(rid, None, None, 100)
+    assert [now - s.at > timedelta(days=7) for s in kept] == [False, False]
+    assert [s.at for s in await history.between(rid, now - timedelta(days=1), None, 100)] == [
+        kept[-1].at]
