@@ -191,8 +191,21 @@ async def list_builds(gw: Gateway, limit: int = 100) -> list[BuildView]:
     return reply.builds
 
 
+#: how long a build the scheduler accepted may stay unknown to the builder: the builder
+#: learns of it from the ``build.requested`` event, a few milliseconds after the reply
+BUILD_SETTLE_S = 3.0
+
+
 async def get_build(gw: Gateway, build_id: uuid.UUID) -> BuildView:
-    reply = await ask_ok(gw.bus, GetBuild(build_id=build_id), BuildReply)
+    deadline = asyncio.get_running_loop().time() + BUILD_SETTLE_S
+    while True:
+        try:
+            reply = await ask_ok(gw.bus, GetBuild(build_id=build_id), BuildReply)
+            break
+        except ApiError as exc:
+            if exc.code != "not_found" or asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
     if reply.build is None:
         raise ApiError(404, "not_found", f"no build has the id {build_id}",
                        hint="list builds with GET /api/v1/builds")

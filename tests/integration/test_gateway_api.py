@@ -169,7 +169,7 @@ async def test_registration_errors_become_4xx_with_the_services_reason(
                              fixed(RegistrationReply(ok=True, resource=view))):
             r = await api.post("/api/v1/build-servers", json=body)
         assert r.status_code == 201, r.text
-        assert r.json()["resource_id"] == str(view.resource_id)
+        assert r.json()["id"] == str(view.resource_id)
         assert r.json()["ssh"]["host_key_fingerprint"] == "SHA256:abcdef"
         assert r.headers["location"] == f"/api/v1/build-servers/{view.resource_id}"
 

@@ -42,7 +42,7 @@ async def test_register_through_the_api_then_watch_it_live(
                 "username": sshd.username, "private_key": sshd.private_key,
                 "architectures": ["x86_64"]})
             assert r.status_code == 201, r.text
-            server_id = r.json()["resource_id"]
+            server_id = r.json()["id"]
             assert r.json()["ssh"]["host_key_fingerprint"].startswith("SHA256:")
             assert sshd.private_key not in r.text
             again = await api.post("/api/v1/build-servers", json={

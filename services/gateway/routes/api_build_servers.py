@@ -5,7 +5,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-from labfleet.shared.events.resource import ResourceView
 
 from .. import handlers
 from ..deps import CurrentUser, GatewayDep
@@ -14,13 +13,17 @@ from ..models import BuildServerCreate, BuildServerDetail, BuildServerPage, Buil
 router = APIRouter(prefix="/build-servers", tags=["build servers"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ResourceView)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=BuildServerPublic)
 async def register(body: BuildServerCreate, gw: GatewayDep, user: CurrentUser,
-                   response: Response) -> ResourceView:
-    """Connect over SSH, detect capabilities and add the server to the pool."""
+                   response: Response) -> BuildServerPublic:
+    """Connect over SSH, detect capabilities and add the server to the pool.
+
+    The answer has the same shape as ``GET /build-servers/{id}`` (status ``unknown`` until
+    the monitor's first poll).
+    """
     view = await handlers.register_build_server(gw, body, user)
     response.headers["Location"] = f"/api/v1/build-servers/{view.resource_id}"
-    return view
+    return BuildServerPublic.build(view, None, None, 0)
 
 
 @router.get("", response_model=BuildServerPage)
