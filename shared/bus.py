@@ -123,6 +123,38 @@ def backoff_for(delivery: int, schedule: list[float]) -> float:
     return schedule[min(delivery - 1, len(schedule) - 1)]
 
 
+def normalise_fetch_timeouts() -> None:
+    """Make a pull fetch that times out always raise ``nats.errors.TimeoutError``.
+
+    nats-py's ``PullSubscription.fetch`` raises a bare ``asyncio.TimeoutError`` when its
+    deadline passes between the no-wait probe and the lingering request, while
+    faststream's pull loop only catches ``nats.errors.TimeoutError``.  The bare one kills
+    the loop and drops the messages fetched so far in that batch: unacknowledged, they
+    come back only after AckWait (an event seconds late, at random).  Idempotent.
+    """
+    import functools
+
+    import nats.errors
+    from nats.js.client import JetStreamContext
+
+    pull = JetStreamContext.PullSubscription
+    if getattr(pull.fetch, "_labfleet_normalised", False):
+        return
+    original = pull.fetch
+
+    @functools.wraps(original)
+    async def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, *args, **kwargs)
+        except nats.errors.TimeoutError:
+            raise
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
+
+    fetch._labfleet_normalised = True  # type: ignore[attr-defined]
+    pull.fetch = fetch  # type: ignore[method-assign]
+
+
 class PermanentError(Exception):
     """Raise from a handler when retrying can never help: straight to the dead letters."""
 
@@ -328,6 +360,8 @@ class Bus:
     @classmethod
     def create(cls, settings: Settings, service: str, **broker_kwargs: Any) -> Bus:
         from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+
+        normalise_fetch_timeouts()
 
         broker = NatsBroker(
             # a comma-separated URL lists the cluster's seed servers
