@@ -62,7 +62,7 @@ def register(bus: Bus, deps: MonitorDeps) -> None:
             raise PermanentError(f"{msg.subject} does not match its contract: {exc}") from None
         await handlers.apply_resource_event(event, deps)  # type: ignore[arg-type]
 
-    @bus.on_command(GetSampleHistory)
+    @bus.on_command(GetSampleHistory, max_workers=4)
     async def on_history(msg: NatsMessage) -> str:
         try:
             cmd = GetSampleHistory.model_validate_json(msg.body)

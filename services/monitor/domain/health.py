@@ -74,7 +74,8 @@ def judge(state: HealthState, outcome: PollOutcome, policy: HealthPolicy, *,
         at = outcome.at
         if failures >= policy.offline_after_failures:
             new = replace(new, status=HealthStatus.OFFLINE,
-                          reason=f"{failures} polls failed in a row; last: {outcome.message}")
+                          reason=f"{failures} polls failed in a row; last ({outcome.code}): "
+                                 f"{outcome.message}")
         elif state.status is HealthStatus.UNKNOWN:
             new = replace(new, reason=outcome.message)
     if in_maintenance:
