@@ -101,9 +101,13 @@ async def record_poll(target: PollTarget, outcome: PollOutcome, deps: MonitorDep
     new = judge(old, outcome, deps.policy, in_maintenance=target.in_maintenance)
     if isinstance(outcome, PollSucceeded):
         sample = outcome.sample
-        await deps.bus.publish(HostSampled(sample=sample), subject=sample_subject(sample))
-        await deps.current.put_sample(sample)
         deps.history.add(sample)
+        try:
+            await deps.bus.publish(HostSampled(sample=sample), subject=sample_subject(sample))
+            await deps.current.put_sample(sample)
+        except Exception as exc:  # noqa: BLE001 - the next poll publishes again; judge health now
+            log.warning("publishing a sample failed", extra={
+                "resource_id": str(target.resource_id), "error": f"{type(exc).__name__}: {exc}"})
     if new.status is not old.status:
         # the row and the event commit together: a restart never re-announces it
         async with deps.db.transaction() as tx:

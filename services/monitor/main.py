@@ -55,7 +55,7 @@ def create(settings: Settings) -> Service:
 
     async def resync() -> None:
         assert deps.poller is not None
-        await deps.poller.sync(await deps.projection.targets())
+        deps.poller.sync(await deps.projection.targets())
 
     async def start() -> None:
         assert deps.poller is not None

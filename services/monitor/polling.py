@@ -46,10 +46,6 @@ class Poller:
 
     # ---- which hosts --------------------------------------------------------------
 
-    @property
-    def watched(self) -> set[uuid.UUID]:
-        return set(self._targets)
-
     def watch(self, target: PollTarget) -> None:
         old = self._targets.get(target.resource_id)
         self._targets[target.resource_id] = target
@@ -72,12 +68,14 @@ class Poller:
         self.credentials.forget(resource_id)
         self._cpu.pop(resource_id, None)
 
-    async def sync(self, targets: Iterable[PollTarget]) -> None:
-        """Make the watched set exactly ``targets`` (after a restart, or a missed event)."""
-        wanted = {t.resource_id: t for t in targets}
-        for gone in set(self._targets) - set(wanted):
-            await self.unwatch(gone)
-        for target in wanted.values():
+    def sync(self, targets: Iterable[PollTarget]) -> None:
+        """Watch every one of ``targets`` as it is now (after a restart, or a missed event).
+
+        Hosts are only added or updated here; a host stops being watched on its
+        ``resource.removed`` event alone, so a read of the projection that raced with a
+        registration never drops the new host.
+        """
+        for target in targets:
             self.watch(target)
 
     # ---- running ------------------------------------------------------------------
