@@ -63,6 +63,43 @@ class BuildServerCapabilities(BaseModel):
     tools: dict[str, str] = Field(default_factory=dict)
 
 
+class KvmSupport(BaseModel):
+    """Whether a guest can run under KVM on the host, found by trying, not by ``/dev/kvm``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    usable: bool
+    reason: str = ""
+
+
+class GuestEmulator(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    arch: Arch
+    emulator: str  # e.g. /usr/bin/qemu-system-aarch64
+    version: str = ""
+
+
+class QemuHostCapabilities(BaseModel):
+    """What a QEMU host offers, detected at registration (SSH + libvirt)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    cpu_arch: str  # uname -m of the host
+    cpu_cores: int
+    memory_mb: int
+    storage_total_gb: float
+    storage_free_gb: float
+    image_dir: str  # where deployed kernels/initrds/rootfs are cached on the host
+    kvm: KvmSupport
+    guests: list[GuestEmulator] = Field(default_factory=list)
+    libvirt_uri: str  # qemu+ssh://user@host:port/system (with the pinned host key)
+    libvirt_version: str = ""
+    #: what the admin allows VMs to take (defaults: all cores, memory less 1 GiB)
+    allocatable_vcpus: int | None = None
+    allocatable_memory_mb: int | None = None
+
+
 class SshTarget(BaseModel):
     """How to reach a host; never carries the secret itself."""
 
@@ -87,6 +124,8 @@ class ResourceView(BaseModel):
     architectures: list[Arch] = Field(default_factory=list)
     build_configs: list[str] = Field(default_factory=list)
     capabilities: BuildServerCapabilities | None = None
+    #: set for QEMU hosts (kind ``qemu_host``)
+    qemu: QemuHostCapabilities | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     lifecycle: Lifecycle = Lifecycle.ACTIVE
     registered_at: datetime | None = None
