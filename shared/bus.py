@@ -69,6 +69,8 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("ARTIFACT", ["artifact.*"]),
     StreamSpec("REQUEST", ["request.*"]),
     StreamSpec("POLICY", ["policy.*"]),
+    StreamSpec("ENV", ["env.*"]),
+    StreamSpec("DEPLOY", ["deploy.*"]),
     StreamSpec("SAMPLES", ["sample.>"], max_age_s=DAY),
     StreamSpec("LOGS", ["log.>"], max_age_s=30 * DAY),
     StreamSpec("DEADLETTER", ["deadletter.>"], max_age_s=90 * DAY),
