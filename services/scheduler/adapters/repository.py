@@ -225,7 +225,7 @@ async def mark_finished(tx: Transaction, build_id: uuid.UUID, at: datetime) -> b
         "estimated_start_s = NULL WHERE build_id = $1 AND status <> 'finished'",
         build_id, at)).endswith(" 1")
     await tx.execute("DELETE FROM build_queue WHERE status = 'finished' "
-                     "AND finished_at < $1 - interval '1 day'", at)
+                     "AND finished_at < $1::timestamptz - interval '1 day'", at)
     return done
 
 

@@ -1,0 +1,27 @@
+"""What the builder's handlers need, wired once by ``main.create``."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from labfleet.shared.bus import Bus
+from labfleet.shared.db import Database
+from labfleet.shared.settings import Settings
+from labfleet.shared.ssh import SshPool
+
+from .adapters.artifact_store import ArtifactStore
+from .config import BuilderConfig
+
+
+@dataclass
+class BuilderDeps:
+    db: Database
+    bus: Bus
+    ssh: SshPool
+    store: ArtifactStore
+    config: BuilderConfig
+    settings: Settings
+    #: this process's identity, recorded with each attempt it runs
+    instance: str
+    #: builds this process is running now: build id → attempt number
+    active: dict[uuid.UUID, int] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Pure build logic: job states and attempts, the remote commands of a build, errors."""

@@ -1,0 +1,224 @@
+"""The commands a build runs on its server, as argument lists (never strings).
+
+Scripts are constants; everything that comes from a build spec travels as a positional
+argument (``sh -c SCRIPT name arg1 arg2 …``) so no spec value is ever parsed by a shell.
+
+Layout under the work root (``<work dir>/labfleet``):
+
+``mirrors/<sha1 of url>``  a bare mirror per repository, cloned once, fetched later
+``builds/<build id>/src``  the checkout of one build
+``builds/<build id>/build.log``, ``pid``, ``exit-<step>``  the detached step's traces
+"""
+from __future__ import annotations
+
+import hashlib
+import shlex
+import uuid
+from dataclasses import dataclass
+
+from labfleet.shared.events.build import BuildSpec
+from labfleet.shared.events.resource import Arch
+
+#: what the kernel's Makefile calls each architecture
+KERNEL_ARCH: dict[Arch, str] = {
+    Arch.X86_64: "x86_64",
+    Arch.ARM: "arm",
+    Arch.ARM64: "arm64",
+    Arch.RISCV64: "riscv",
+}
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: str
+    build_id: uuid.UUID
+
+    @property
+    def mirrors(self) -> str:
+        return f"{self.root}/mirrors"
+
+    def mirror(self, url: str) -> str:
+        return f"{self.mirrors}/{hashlib.sha1(url.encode()).hexdigest()}"  # noqa: S324 - a name
+
+    @property
+    def build_dir(self) -> str:
+        return f"{self.root}/builds/{self.build_id}"
+
+    @property
+    def src(self) -> str:
+        return f"{self.build_dir}/src"
+
+    @property
+    def log(self) -> str:
+        return f"{self.build_dir}/build.log"
+
+
+def work_root(work_dir: str) -> str:
+    return f"{work_dir.rstrip('/')}/labfleet"
+
+
+# ---- steps ------------------------------------------------------------------------------
+
+FETCH = r"""set -e
+url=$1 mirror=$2
+mkdir -p "${mirror%/*}"
+exec 9>"$mirror.lock"
+flock 9
+if [ -d "$mirror" ]; then
+  echo "==> fetch $url"
+  git -C "$mirror" fetch --prune --tags origin
+else
+  echo "==> clone --mirror $url"
+  rm -rf "$mirror.tmp"
+  git clone --mirror "$url" "$mirror.tmp"
+  mv "$mirror.tmp" "$mirror"
+fi
+"""
+
+CHECKOUT = r"""set -e
+mirror=$1 src=$2 commit=$3
+echo "==> checkout $commit"
+rm -rf "$src"
+git clone --quiet --shared --no-checkout "$mirror" "$src"
+git -C "$src" -c advice.detachedHead=false checkout --quiet --detach "$commit"
+"""
+
+# $1 = source tree, $2 = config target, $3 = number of fragments, then the fragments,
+# then the make variables
+CONFIGURE = r"""set -e
+src=$1 config=$2 n=$3
+shift 3
+frags=""
+i=0
+while [ "$i" -lt "$n" ]; do frags="$frags $1"; shift; i=$((i + 1)); done
+echo "==> make $config"
+make -C "$src" "$@" "$config"
+if [ "$n" -gt 0 ]; then
+  echo "==> merge_config.sh$frags"
+  cd "$src"
+  env "$@" ./scripts/kconfig/merge_config.sh -m .config $frags
+  make -C "$src" "$@" olddefconfig
+fi
+"""
+
+
+def toolchain_variables(spec: BuildSpec, prefix: str) -> list[str]:
+    """Make variables selecting the toolchain: kernel style with a config, CC otherwise."""
+    if spec.config:
+        out = [f"ARCH={KERNEL_ARCH[spec.arch]}"]
+        if prefix:
+            out.append(f"CROSS_COMPILE={prefix}")
+        return out
+    return [f"CROSS_COMPILE={prefix}", f"CC={prefix}gcc"] if prefix else []
+
+
+def fetch_step(ws: Workspace, url: str) -> list[str]:
+    return ["sh", "-c", FETCH, "fetch", url, ws.mirror(url)]
+
+
+def checkout_step(ws: Workspace, url: str, commit: str) -> list[str]:
+    return ["sh", "-c", CHECKOUT, "checkout", ws.mirror(url), ws.src, commit]
+
+
+def configure_step(ws: Workspace, spec: BuildSpec, prefix: str) -> list[str] | None:
+    if not spec.config:
+        return None
+    frags = list(spec.config_fragments)
+    return ["sh", "-c", CONFIGURE, "configure", ws.src, spec.config, str(len(frags)), *frags,
+            *toolchain_variables(spec, prefix)]
+
+
+def compile_step(ws: Workspace, spec: BuildSpec, prefix: str, jobs: int) -> list[str]:
+    return ["make", "-C", ws.src, f"-j{max(1, jobs)}", *toolchain_variables(spec, prefix),
+            *spec.make_targets]
+
+
+def rev_parse(ws: Workspace, url: str, ref: str) -> list[str]:
+    return ["git", "--git-dir", ws.mirror(url), "rev-parse", "--verify", "--quiet",
+            f"{ref}^{{commit}}"]
+
+
+# ---- running a step detached ------------------------------------------------------------
+
+# The step runs in its own session and process group (setsid; a background job of a
+# non-interactive shell is no group leader, so setsid does not fork and $! is the group).
+# Output goes to build.log, the exit status to exit-<step>; the pid file lets any later
+# builder kill the whole group.  The leader's arguments carry the build directory, which
+# is how a kill recognises it (and how an operator finds a build's processes).
+LAUNCH = r"""dir=$1 step=$2
+shift 2
+cd "$dir" || exit 97
+rm -f "exit-$step"
+setsid sh -c 'step=$2; shift 2; "$@" >> build.log 2>&1 < /dev/null; echo $? > "exit-$step.tmp"; mv "exit-$step.tmp" "exit-$step"; rm -f pid' labfleet-step "$dir" "$step" "$@" > /dev/null 2>&1 < /dev/null &
+echo $! > pid
+echo $!
+"""
+
+# Prints the exit status once written, "running" while the group lives, "gone" otherwise.
+STATUS = r"""dir=$1 step=$2 pid=$3
+if [ -f "$dir/exit-$step" ]; then cat "$dir/exit-$step"
+elif kill -s 0 -- "-$pid" 2>/dev/null; then echo running
+else echo gone
+fi
+"""
+
+# Kills the process group named in the pid file: TERM, a grace period, then KILL.  A pid
+# whose leader lives but runs something else was reused: leave it alone.
+KILL = r"""dir=$1 grace=$2
+pid=$(cat "$dir/pid" 2>/dev/null) || exit 0
+[ -n "$pid" ] || exit 0
+kill -s 0 -- "-$pid" 2>/dev/null || exit 0
+if [ -r "/proc/$pid/cmdline" ] && ! tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$dir"; then
+  exit 0
+fi
+kill -s TERM -- "-$pid" 2>/dev/null
+i=0
+while kill -s 0 -- "-$pid" 2>/dev/null && [ "$i" -lt "$((grace * 10))" ]; do
+  sleep 0.1; i=$((i + 1))
+done
+kill -s KILL -- "-$pid" 2>/dev/null
+echo killed
+"""
+
+PREPARE = r"""set -e
+dir=$1
+rm -rf "$dir"
+mkdir -p "$dir"
+: > "$dir/build.log"
+"""
+
+
+def prepare(ws: Workspace) -> list[str]:
+    return ["sh", "-c", PREPARE, "prepare", ws.build_dir]
+
+
+def launch(ws: Workspace, step: str, argv: list[str]) -> list[str]:
+    return ["sh", "-c", LAUNCH, "labfleet-step", ws.build_dir, step, *argv]
+
+
+def follow(ws: Workspace, offset: int, pid: int) -> list[str]:
+    """Stream the log from byte ``offset`` until the step's group leader exits."""
+    return ["tail", "-c", f"+{offset + 1}", "-f", f"--pid={pid}", "-s", "0.2", ws.log]
+
+
+def step_status(ws: Workspace, step: str, pid: int) -> list[str]:
+    return ["sh", "-c", STATUS, "labfleet-status", ws.build_dir, step, str(pid)]
+
+
+def kill_group(build_dir: str, grace_s: int = 5) -> list[str]:
+    return ["sh", "-c", KILL, "labfleet-kill", build_dir, str(grace_s)]
+
+
+def cleanup(ws: Workspace) -> list[str]:
+    return ["rm", "-rf", "--", ws.build_dir]
+
+
+def sha256sums(paths: list[str]) -> list[str]:
+    return ["sha256sum", "--", *paths]
+
+
+def describe(argv: list[str]) -> str:
+    """A short human form of a step for the log header (scripts are not shown)."""
+    if argv[:2] == ["sh", "-c"]:
+        return " ".join(shlex.quote(a) for a in argv[3:])
+    return shlex.join(argv)

@@ -1,0 +1,32 @@
+"""Bootstrap: wire the builder's dependencies and subscribers into a Service."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from labfleet.shared.service import Service
+from labfleet.shared.settings import Settings
+from labfleet.shared.ssh import SshPool
+
+from .adapters.artifact_store import ArtifactStore
+from .config import BuilderConfig
+from .deps import BuilderDeps
+from .entrypoints import register
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def create(settings: Settings, config: BuilderConfig | None = None) -> Service:
+    config = config or BuilderConfig()
+    svc = Service.create("builder", settings, migrations=MIGRATIONS)
+    assert svc.db is not None
+    ssh = SshPool(connect_timeout=settings.ssh_connect_timeout_s,
+                  command_timeout=settings.ssh_command_timeout_s)
+    store = ArtifactStore(lambda: svc.bus.js, config.artifact_bucket)
+    deps = BuilderDeps(db=svc.db, bus=svc.bus, ssh=ssh, store=store, config=config,
+                       settings=settings, instance=svc.instance)
+    register(svc.bus, deps)
+    # stop hooks run last-added first: running builds stop (unacknowledged, so they are
+    # picked up again) before their SSH connections close under them
+    svc.on_stop.append(ssh.close)
+    svc.on_stop.append(svc.bus.dispatcher.cancel_detached)
+    return svc
