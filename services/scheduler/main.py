@@ -7,8 +7,11 @@ from labfleet.shared.service import Service
 from labfleet.shared.settings import Settings
 
 from .config import SchedulerConfig
+from .domain.env_placement import EnvPolicy
 from .domain.placement import PlacementPolicy
 from .entrypoints import register
+from .env_entrypoints import register_env
+from .env_handlers import EnvDeps, EnvPlacementConfig
 from .handlers import SchedulerDeps
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -23,4 +26,8 @@ def create(settings: Settings, config: SchedulerConfig | None = None) -> Service
         min_free_disk_gb=settings.disk_warning_gb if min_disk is None else min_disk,
         sample_max_age_s=config.sample_max_age_s)
     register(svc.bus, SchedulerDeps(db=svc.db, config=config, policy=policy))
+    env_config = EnvPlacementConfig()
+    register_env(svc.bus, EnvDeps(
+        db=svc.db, bus=svc.bus, builder_timeout_s=env_config.builder_timeout_s,
+        policy=EnvPolicy(max_utilization_pct=env_config.max_utilization_pct)))
     return svc

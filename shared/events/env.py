@@ -319,3 +319,67 @@ class RollbackEnv(Command):
     subject: ClassVar[str] = "env.cmd.rollback"
     env_id: uuid.UUID
     requested_by: str = ""
+
+
+# ---- which artifact is which ----------------------------------------------------------
+
+#: artifact names (lower case, glob patterns) taken for each role when the spec names none
+KERNEL_NAMES = ("bzimage", "image", "image.gz", "zimage", "vmlinuz*", "kernel", "vmlinux",
+                "*.kernel")
+INITRD_NAMES = ("initrd*", "initramfs*", "*.cpio", "*.cpio.gz", "*.cpio.xz", "*.cpio.zst")
+ROOTFS_NAMES = ("rootfs*", "*.ext4", "*.ext2", "*.qcow2", "*.img")
+
+
+class BootArtifacts(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    kernel: ArtifactInfo
+    initrd: ArtifactInfo | None = None
+    rootfs: ArtifactInfo | None = None
+
+    def all(self) -> list[ArtifactInfo]:
+        return [a for a in (self.kernel, self.initrd, self.rootfs) if a is not None]
+
+
+class ArtifactChoiceError(ValueError):
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def pick_boot_artifacts(spec: EnvSpec, artifacts: list[ArtifactInfo]) -> BootArtifacts:
+    """The kernel, initrd and rootfs among a build's artifacts, by the names the spec gives
+    or by the usual names; raises :class:`ArtifactChoiceError` saying what is missing."""
+    import fnmatch
+
+    by_name = {a.name: a for a in artifacts}
+    base = {a.name.rsplit("/", 1)[-1].lower(): a for a in artifacts}
+
+    def pick(explicit: str | None, patterns: tuple[str, ...], role: str,
+             taken: set[str]) -> ArtifactInfo | None:
+        if explicit:
+            found = by_name.get(explicit) or base.get(explicit.lower())
+            if found is None:
+                raise ArtifactChoiceError(
+                    f"the build has no artifact named {explicit!r} for the {role} "
+                    f"(it has: {', '.join(sorted(by_name)) or 'none'})", f"{role}_artifact")
+            return found
+        for pattern in patterns:
+            for name in sorted(base):
+                if fnmatch.fnmatchcase(name, pattern) and base[name].name not in taken:
+                    return base[name]
+        return None
+
+    taken: set[str] = set()
+    kernel = pick(spec.kernel_artifact, KERNEL_NAMES, "kernel", taken)
+    if kernel is None:
+        raise ArtifactChoiceError(
+            "the build has no kernel image among its artifacts (looked for "
+            f"{', '.join(KERNEL_NAMES)}; it has: {', '.join(sorted(by_name)) or 'none'})",
+            "kernel_artifact")
+    taken.add(kernel.name)
+    initrd = pick(spec.initrd_artifact, INITRD_NAMES, "initrd", taken)
+    if initrd is not None:
+        taken.add(initrd.name)
+    rootfs = pick(spec.rootfs_artifact, ROOTFS_NAMES, "rootfs", taken)
+    return BootArtifacts(kernel=kernel, initrd=initrd, rootfs=rootfs)
