@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -28,6 +29,9 @@ from typing import Any
 from labfleet.lab.images import ARCHES
 
 BOOT_HOLD_S = 2.0
+# by full path: a station user's PATH has no /sbin
+DEBUGFS = shutil.which("debugfs") or "/sbin/debugfs"
+MKE2FS = shutil.which("mke2fs") or "/sbin/mke2fs"
 CARD_FILES = ("Image", "initrd", "cmdline")
 
 
@@ -46,7 +50,7 @@ def make_card(kernel: Path, initrd: Path | None, out: Path, cmdline: str = "",
         if cmdline:
             (root / "cmdline").write_text(cmdline.strip() + "\n")
         out.unlink(missing_ok=True)
-        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(root), str(out),
+        subprocess.run([MKE2FS, "-q", "-F", "-t", "ext2", "-d", str(root), str(out),
                         f"{size_mb}M"], check=True, capture_output=True)
     return out
 
@@ -58,7 +62,7 @@ def read_card(card: Path, into: Path) -> dict[str, Path]:
     for name in CARD_FILES:
         target = into / name
         target.unlink(missing_ok=True)
-        subprocess.run(["debugfs", "-R", f"dump /{name} {target}", str(card)],
+        subprocess.run([DEBUGFS, "-R", f"dump /{name} {target}", str(card)],
                        capture_output=True)
         if target.exists() and target.stat().st_size > 0:
             found[name] = target

@@ -25,6 +25,9 @@ CLEARS = {v: k for k, v in {**HOST_FAULTS, **BOARD_FAULTS}.items()}
 ALL_ACTIONS = sorted({*HOST_FAULTS, *HOST_FAULTS.values(), *BOARD_FAULTS,
                       *BOARD_FAULTS.values(), "clear"})
 FILL_FILE = "/home/lab/.labfleet-disk-fill"
+FILL_SCRIPT = ('avail=$(df -B1 --output=avail /home/lab | tail -n 1); '
+               'fallocate -l $((avail > 67108864 ? avail - 67108864 : 4096)) "$1" || true; '
+               'dd if=/dev/zero of="$1.rest" bs=4k 2>/dev/null; sync; true')
 HOT_MC, NORMAL_MC = 95000, 45000
 
 
@@ -64,8 +67,8 @@ def _apply(h: HostState, fault: str, paths: LabPaths) -> None:
     elif fault == "sshd-stop":
         procs.stop(h.pids.get("sshd"))
     elif fault == "disk-fill":
-        free = hostmod.run_in(h, ["df", "-B1", "--output=avail", "/home/lab"]).stdout.split()[-1]
-        hostmod.run_in(h, ["fallocate", "-l", free, FILL_FILE])
+        # Allocate all but the metadata's margin at once, then write the rest for real.
+        hostmod.run_in(h, ["sh", "-c", FILL_SCRIPT, "disk-fill", FILL_FILE])
     elif fault == "cpu-burn":
         if not any(procs.alive(p) for p in h.extra.get("burn", [])):
             assert h.holder_pid
@@ -82,11 +85,13 @@ def _apply(h: HostState, fault: str, paths: LabPaths) -> None:
 def clear(lab: LabState, h: HostState, fault: str, paths: LabPaths) -> None:
     if fault == "link-down":
         netns.set_link(h.veth, True)
+        # forget the failed ARP lookup, as plugging a cable back in makes a switch relearn
+        netns.ip("neigh", "flush", "to", h.address, check=False)
     elif fault == "sshd-stop":
         hostmod.start_sshd(h, paths)
     elif fault == "disk-fill":
         if procs.alive(h.holder_pid):
-            hostmod.run_in(h, ["rm", "-f", FILL_FILE], check=False)
+            hostmod.run_in(h, ["rm", "-f", FILL_FILE, FILL_FILE + ".rest"], check=False)
     elif fault == "cpu-burn":
         for pid in h.extra.pop("burn", []):
             procs.stop(pid)

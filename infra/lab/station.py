@@ -96,6 +96,7 @@ def _prepare_board(lab: LabState, board: BoardState, station: HostState, paths: 
         image = images[board.arch]
         boards.make_card(image.kernel, image.initrd, card, size_mb=board.card_mb)
     (bdir / "power.lock").touch()
+    (bdir / "boot").mkdir(exist_ok=True)
     boards.chown_tree(bdir, station.uid)
     if not is_on(bdir):
         power_off(bdir)  # makes sure the card is on the station side
