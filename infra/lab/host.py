@@ -156,7 +156,11 @@ def start_holder(lab: LabState, host: HostState, paths: LabPaths, mounts: list[s
     prefix = int(lab.subnet.split("/")[1])
     netns.ensure_host_netns(host.netns, host.veth, lab.bridge, host.address, prefix, lab.gateway)
     if procs.alive(host.holder_pid) and "sleep" in " ".join(procs.cmdline(host.holder_pid or 0)):
-        return
+        if _mounts_intact(host, mounts):
+            return
+        # a mount went away under the host (e.g. its mount point was removed): rebuild it
+        stop_all(host)
+        host.pids.clear()
     ready = hdir / "ready"
     ready.unlink(missing_ok=True)
     argv = ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--uts",
@@ -170,6 +174,17 @@ def start_holder(lab: LabState, host: HostState, paths: LabPaths, mounts: list[s
     if not procs.wait_for(ready.exists, 10):
         procs.stop(host.holder_pid)
         raise procs.DaemonError(f"host {host.name}: namespace set-up did not finish", log)
+
+
+def _mounts_intact(host: HostState, mounts: list[str]) -> bool:
+    try:
+        info = Path(f"/proc/{host.holder_pid}/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    points = {line.split()[4] for line in info}
+    wanted = {"/run", "/home/lab", "/tmp"}
+    wanted |= {mounts[i + 2] for i, m in enumerate(mounts) if m == "bind"}
+    return wanted <= points
 
 
 def run_in(host: HostState, argv: list[str], check: bool = True,

@@ -163,9 +163,8 @@ def up(spec: LabSpec | None = None, paths: LabPaths | None = None, say: Say = pr
         wanted_names = {h.name for h in wanted}
         for name in [n for n in lab.hosts if n not in wanted_names]:
             _remove_host(lab, lab.hosts.pop(name), paths)
-        for missing in qemu_host.mountpoints_needed() if spec.qemu_hosts else []:
-            Path(missing).mkdir(parents=True)
-            lab.created_dirs.append(missing)
+        if spec.qemu_hosts:
+            _make_mountpoints(paths)
         password_hash = _password_hash(lab)
         for desired in wanted:
             current = lab.hosts.get(desired.name)
@@ -240,12 +239,40 @@ def down(paths: LabPaths | None = None, say: Say = print) -> bool:
             _remove_host(lab, h, paths)
         procs.stop(lab.git_daemon_pid)
         netns.delete_link(lab.bridge)
-        for d in reversed(lab.created_dirs):
-            # a mount point stays busy until the kernel has torn its namespace down
-            procs.wait_for(lambda d=d: _rmdir(Path(d)), 5, 0.1)
+        _remove_mountpoints(paths)
     shutil.rmtree(paths.lab_dir, ignore_errors=True)
     say(f"lab in {paths.lab_dir} removed")
     return True
+
+
+def _other_labs(paths: LabPaths) -> list[Path]:
+    return [p.parent for p in Path("/var/lib").glob("labfleet-lab*/state.json")
+            if p.parent != paths.lab_dir]
+
+
+def _make_mountpoints(paths: LabPaths) -> None:
+    """Create the root-filesystem directories QEMU hosts mount over, recording them in the
+    cache (shared by every lab on this machine) so the last lab down removes them."""
+    record = paths.cache_dir / "created-mountpoints"
+    created = set(record.read_text().split()) if record.exists() else set()
+    for missing in qemu_host.mountpoints_needed():
+        Path(missing).mkdir(parents=True)
+        created.add(missing)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text("".join(f"{d}\n" for d in sorted(created)))
+
+
+def _remove_mountpoints(paths: LabPaths) -> None:
+    # Removing a directory that another lab's hosts mount over would detach their mounts
+    # (the kernel allows rmdir of a mount point of another namespace), so only the last
+    # lab on the machine removes them.
+    record = paths.cache_dir / "created-mountpoints"
+    if not record.exists() or _other_labs(paths):
+        return
+    for d in sorted(record.read_text().split(), reverse=True):
+        # a mount point stays busy until the kernel has torn its namespace down
+        procs.wait_for(lambda d=d: _rmdir(Path(d)), 5, 0.1)
+    record.unlink()
 
 
 def _rmdir(path: Path) -> bool:
