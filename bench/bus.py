@@ -1,15 +1,17 @@
 """Bus throughput and latency through the outbox, on the real stack.
 
 Each event goes: publisher → JetStream (stream BENCH) → a durable consumer of a real
-labfleet ``Service`` → one PostgreSQL transaction (idempotency record + a row + the outbox
-row) → the outbox relay → JetStream → a subscriber that timestamps it.  Latency is from
+labfleet ``Service`` in its own process → PostgreSQL (idempotency record + a row + the
+outbox row, a fetched batch per transaction: ``batch_db``) → the outbox relay →
+JetStream → a subscriber that timestamps it.  Latency is from
 the moment the publisher sends to the moment the downstream event arrives.
 
 Phases, alternated ``--rounds`` times (the machine is noisy; medians are quoted):
 * ``paced``: events offered at ``--rate`` per second for ``--seconds`` (≥ 20 s sustained);
   reports the handled rate and p50/p99 latency at that load.
-* ``baseline``: the same pacing through plain nats-py (publish → JetStream → consumer →
-  publish → subscriber) with no database, so the cost of the outbox path is visible.
+* ``baseline``: the same pacing through a plain nats-py consumer in its own process
+  (fetch a batch → publish each → ack) with no framework and no database, so the cost of
+  labfleet's path (faststream, validation, tracing, PostgreSQL, outbox) is visible.
 
 Last line of stdout: one JSON object with ``events_per_s``, ``p50_ms``, ``p99_ms`` (the
 labfleet path, medians over rounds) and the ``baseline_*`` figures.
@@ -20,17 +22,20 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import nats
-from faststream.nats import NatsMessage
+import nats.errors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import median, percentile, real_stack  # noqa: E402
+from labfleet.shared.bus import Delivery  # noqa: E402
 from labfleet.shared.events.bench import BenchPing, BenchPong  # noqa: E402
 from labfleet.shared.service import Service  # noqa: E402
 from labfleet.shared.settings import Settings  # noqa: E402
@@ -79,16 +84,28 @@ async def collect_latencies(nc, subject: str, expected_getter, latencies: list[f
     return await nc.subscribe(subject, cb=cb)
 
 
-async def labfleet_round(nats_url: str, db_url: str, rate: float, seconds: float) -> dict[str, float]:
-    token = uuid.uuid4().hex[:8]
-    settings = Settings(nats_url=nats_url, database_url=db_url, log_json=False,
-                        consumer_concurrency=64)
-    svc = Service.create(f"benchbus_{token}", settings, migrations=MIGRATIONS, db_pool_size=24)
-    ping_subject, pong_subject = f"bench.ping{token}", f"bench.pong{token}"
+def spawn(role: str, token: str, nats_url: str, db_url: str) -> subprocess.Popen[bytes]:
+    """The consumer runs in its own process, as it does when deployed."""
+    return subprocess.Popen(
+        [sys.executable, __file__, "--role", role, "--token", token,
+         "--nats-url", nats_url, "--db-url", db_url],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
-    @svc.bus.on_event(BenchPing, purpose="ping", subject=ping_subject, batch_size=64,
-                      max_workers=64)
-    async def on_ping(event: BenchPing, msg: NatsMessage) -> None:
+
+def wait_ready(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if b"ready" not in line:
+        raise RuntimeError(f"consumer did not start (exit {proc.poll()})")
+
+
+async def serve_labfleet(token: str, nats_url: str, db_url: str) -> None:
+    settings = Settings(nats_url=nats_url, database_url=db_url, log_json=False)
+    svc = Service.create(f"benchbus_{token}", settings, migrations=MIGRATIONS, db_pool_size=8)
+
+    @svc.bus.on_event(BenchPing, purpose="ping", subject=f"bench.ping{token}", batch_size=128,
+                      batch_db=svc.db)
+    async def on_ping(event: BenchPing, msg: Delivery) -> None:
         assert svc.db is not None
         async with svc.db.consume("ping", event) as tx:
             if tx is None:
@@ -96,67 +113,68 @@ async def labfleet_round(nats_url: str, db_url: str, rate: float, seconds: float
             await tx.execute("INSERT INTO handled (event_id, seq) VALUES ($1, $2)",
                              event.event_id, event.seq)
             await tx.emit(BenchPong(seq=event.seq, sent_ns=event.sent_ns,
-                                    ping_id=str(event.event_id)), subject=pong_subject)
+                                    ping_id=str(event.event_id)),
+                          subject=f"bench.pong{token}")
 
-    await svc.start()
-    nc = await nats.connect(nats_url)
-    latencies: list[float] = []
-    done = asyncio.Event()
-    sent = {"n": 10**12}
-    sub = await collect_latencies(nc, pong_subject, lambda: sent["n"], latencies, done)
-    t0 = time.perf_counter()
-    sent["n"] = await offer(nc, ping_subject, rate, seconds, asyncio.Semaphore(4096))
-    if len(latencies) >= sent["n"]:
-        done.set()
-    try:
-        await asyncio.wait_for(done.wait(), timeout=60)
-    except TimeoutError:
-        pass
-    elapsed = time.perf_counter() - t0
-    await sub.unsubscribe()
-    await nc.close()
-    await svc.stop()
-    handled = len(latencies)
-    return {
-        "sent": sent["n"], "handled": handled, "events_per_s": handled / elapsed,
-        "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-    }
+    await svc.run(ready=lambda: print("ready", flush=True))
 
 
-async def baseline_round(nats_url: str, rate: float, seconds: float) -> dict[str, float]:
-    """Plain nats-py: JetStream consumer that republishes, no database, no framework."""
-    token = uuid.uuid4().hex[:8]
-    ping_subject, pong_subject = f"bench.ping{token}", f"bench.pong{token}"
+async def serve_baseline(token: str, nats_url: str) -> None:
+    """Plain nats-py, no framework, no database: fetch a batch, republish, ack."""
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
+    sub = await js.pull_subscribe(f"bench.ping{token}", durable=f"bench-base-{token}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
 
-    async def handle(msg) -> None:  # type: ignore[no-untyped-def]
+    async def one(msg) -> None:  # type: ignore[no-untyped-def]
         ping = json.loads(msg.data)
-        await js.publish(pong_subject, json.dumps({"sent_ns": ping["sent_ns"]}).encode(),
+        await js.publish(f"bench.pong{token}",
+                         json.dumps({"sent_ns": ping["sent_ns"]}).encode(),
                          headers={"Nats-Msg-Id": "p" + ping["event_id"]})
         await msg.ack()
 
-    psub = await js.subscribe(ping_subject, durable=f"bench-base-{token}", cb=handle,
-                              manual_ack=True, pending_msgs_limit=100000)
-    latencies: list[float] = []
-    done = asyncio.Event()
-    sent = {"n": 10**12}
-    sub = await collect_latencies(nc, pong_subject, lambda: sent["n"], latencies, done)
-    t0 = time.perf_counter()
-    sent["n"] = await offer(nc, ping_subject, rate, seconds, asyncio.Semaphore(4096))
-    if len(latencies) >= sent["n"]:
-        done.set()
-    try:
-        await asyncio.wait_for(done.wait(), timeout=60)
-    except TimeoutError:
-        pass
-    elapsed = time.perf_counter() - t0
-    await sub.unsubscribe()
-    await psub.unsubscribe()
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(128, timeout=0.5)
+        except (nats.errors.TimeoutError, TimeoutError):
+            continue
+        await asyncio.gather(*(one(m) for m in msgs))
     await nc.close()
+
+
+async def measure(role: str, nats_url: str, db_url: str, rate: float, seconds: float) -> dict[str, float]:
+    token = uuid.uuid4().hex[:8]
+    consumer = spawn(role, token, nats_url, db_url)
+    try:
+        await asyncio.to_thread(wait_ready, consumer)
+        nc = await nats.connect(nats_url)
+        latencies: list[float] = []
+        done = asyncio.Event()
+        sent = {"n": 10**12}
+        sub = await collect_latencies(nc, f"bench.pong{token}", lambda: sent["n"], latencies, done)
+        t0 = time.perf_counter()
+        sent["n"] = await offer(nc, f"bench.ping{token}", rate, seconds, asyncio.Semaphore(4096))
+        if len(latencies) >= sent["n"]:
+            done.set()
+        try:
+            await asyncio.wait_for(done.wait(), timeout=60)
+        except TimeoutError:
+            pass
+        elapsed = time.perf_counter() - t0
+        await sub.unsubscribe()
+        await nc.close()
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        try:
+            consumer.wait(30)
+        except subprocess.TimeoutExpired:
+            consumer.kill()
     handled = len(latencies)
-    return {"events_per_s": handled / elapsed, "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "handled": handled, "sent": sent["n"]}
+    return {"sent": sent["n"], "handled": handled, "events_per_s": handled / elapsed,
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
 
 
 async def main() -> None:
@@ -164,16 +182,27 @@ async def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="events offered per second")
     ap.add_argument("--seconds", type=float, default=20.0, help="sustained duration per round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--role", choices=["labfleet", "baseline"], help=argparse.SUPPRESS)
+    ap.add_argument("--token", help=argparse.SUPPRESS)
+    ap.add_argument("--nats-url", help=argparse.SUPPRESS)
+    ap.add_argument("--db-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role == "labfleet":
+        logging.basicConfig(level=logging.WARNING)
+        await serve_labfleet(args.token, args.nats_url, args.db_url)
+        return
+    if args.role == "baseline":
+        await serve_baseline(args.token, args.nats_url)
+        return
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("faststream").setLevel(logging.WARNING)
     with real_stack() as (nats_url, db_url):
         ours: list[dict[str, float]] = []
         base: list[dict[str, float]] = []
         for r in range(args.rounds):
-            ours.append(await labfleet_round(nats_url, db_url, args.rate, args.seconds))
+            ours.append(await measure("labfleet", nats_url, db_url, args.rate, args.seconds))
             print(f"round {r + 1} labfleet: {json.dumps(ours[-1])}", file=sys.stderr)
-            base.append(await baseline_round(nats_url, args.rate, args.seconds))
+            base.append(await measure("baseline", nats_url, db_url, args.rate, args.seconds))
             print(f"round {r + 1} baseline: {json.dumps(base[-1])}", file=sys.stderr)
     result = {
         "events_per_s": round(median([o["events_per_s"] for o in ours]), 1),

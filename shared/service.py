@@ -82,13 +82,15 @@ class Service:
             await self.db.close()
         log.info("service stopped")
 
-    async def run(self) -> None:
-        """Run until SIGINT/SIGTERM."""
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Run until SIGINT/SIGTERM; ``ready`` is called once the service has started."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        if ready is not None:
+            ready()
         try:
             await stop.wait()
         finally:

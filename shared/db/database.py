@@ -5,6 +5,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,15 +26,37 @@ def notify_channel(schema: str) -> str:
     return f"{schema}_outbox"
 
 
+OutboxRow = tuple[str, object, str, bytes]
+
+
+@dataclass
+class BatchUnit:
+    """One transaction shared by the handlers of a fetched batch (``Database.batch``)."""
+
+    db: Database
+    conn: asyncpg.Connection
+    outbox: list[OutboxRow] = field(default_factory=list)
+
+
+_batch: ContextVar[BatchUnit | None] = ContextVar("labfleet_db_batch", default=None)
+
+
 @dataclass
 class Transaction:
     conn: asyncpg.Connection
     schema: str
     emitted: list[Event] = field(default_factory=list)
+    #: in a batch unit of work, outbox rows are collected and written at its end
+    deferred: list[OutboxRow] | None = None
 
     async def emit(self, event: Event, subject: str | None = None) -> None:
         """Queue ``event`` for publishing; it leaves only if the transaction commits."""
         subj = subject or event.subject
+        if self.deferred is not None:
+            self.deferred.append((subj, event.event_id, json.dumps(event_headers(event)),
+                                  event.model_dump_json().encode()))
+            self.emitted.append(event)
+            return
         await self.conn.execute(
             "INSERT INTO outbox (subject, event_id, headers, payload) VALUES ($1, $2, $3, $4)",
             subj,
@@ -55,6 +78,10 @@ class Transaction:
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         return await self.conn.fetchval(query, *args)
+
+
+_MARK_PROCESSED = ("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
+                   "ON CONFLICT DO NOTHING RETURNING true")
 
 
 class Database:
@@ -87,8 +114,31 @@ class Database:
             raise RuntimeError("Database.connect() was not awaited")
         return self._pool
 
+    def _joined(self) -> BatchUnit | None:
+        unit = _batch.get()
+        return unit if unit is not None and unit.db is self else None
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[BatchUnit]:
+        """One transaction that ``transaction()``/``consume()`` calls in this task join."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            unit = BatchUnit(db=self, conn=conn)
+            token = _batch.set(unit)
+            try:
+                yield unit
+                if unit.outbox:
+                    await conn.executemany(
+                        "INSERT INTO outbox (subject, event_id, headers, payload) "
+                        "VALUES ($1, $2, $3, $4)", unit.outbox)
+            finally:
+                _batch.reset(token)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
+        unit = self._joined()
+        if unit is not None:
+            yield Transaction(conn=unit.conn, schema=self.schema, deferred=unit.outbox)
+            return
         async with self.pool.acquire() as conn, conn.transaction():
             yield Transaction(conn=conn, schema=self.schema)
 
@@ -99,13 +149,14 @@ class Database:
         Yields ``None`` (and does nothing) when the event was handled before, so a
         redelivered message has no second effect.
         """
+        unit = self._joined()
+        if unit is not None:
+            inserted = await unit.conn.fetchval(_MARK_PROCESSED, consumer, event.event_id)
+            yield Transaction(conn=unit.conn, schema=self.schema,
+                              deferred=unit.outbox) if inserted else None
+            return
         async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(
-                "INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING RETURNING true",
-                consumer,
-                event.event_id,
-            )
+            inserted = await conn.fetchval(_MARK_PROCESSED, consumer, event.event_id)
             yield Transaction(conn=conn, schema=self.schema) if inserted else None
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:

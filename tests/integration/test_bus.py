@@ -10,6 +10,7 @@ import nats
 import pytest
 from faststream.nats import NatsMessage
 
+from labfleet.shared.bus import BATCH_TRANSACTIONS
 from labfleet.shared.events.bench import BenchPing, BenchPong
 from labfleet.shared.events.system import DeadLettered
 from labfleet.shared.service import Service
@@ -27,11 +28,12 @@ class Harness:
         self.deliveries: dict[str, int] = {}
 
 
-async def start_harness(settings, unique: str) -> Harness:  # type: ignore[no-untyped-def]
+async def start_harness(settings, unique: str, *, batch: bool = False) -> Harness:  # type: ignore[no-untyped-def]
     svc = Service.create(f"bt_{unique}", settings, migrations=MIGRATIONS)
     h = Harness(svc, f"bench.ping{unique}", f"bench.pong{unique}")
 
-    @svc.bus.on_event(BenchPing, purpose="ping", subject=h.ping_subject)
+    @svc.bus.on_event(BenchPing, purpose="ping", subject=h.ping_subject,
+                      batch_db=svc.db if batch else None)
     async def on_ping(event: BenchPing, msg: NatsMessage) -> None:
         key = str(event.event_id)
         h.deliveries[key] = h.deliveries.get(key, 0) + 1
@@ -41,7 +43,9 @@ async def start_harness(settings, unique: str) -> Harness:  # type: ignore[no-un
         async with svc.db.consume("ping", event) as tx:
             if tx is None:
                 return
-            await tx.execute("INSERT INTO handled (event_id, n) VALUES ($1, 1)", event.event_id)
+            # n records the transaction, to tell a batch unit of work from single ones
+            await tx.execute("INSERT INTO handled (event_id, n) "
+                             "VALUES ($1, (txid_current() % 2000000000)::int)", event.event_id)
             await tx.emit(BenchPong(seq=event.seq, ping_id=key), subject=h.pong_subject)
 
     await svc.start()
@@ -130,3 +134,46 @@ async def test_poison_message_lands_on_dead_letter_with_error(settings_factory, 
     finally:
         await nc.close()
         await h.service.stop()
+
+
+async def test_batch_unit_of_work_commits_together_and_falls_back_on_failure(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
+    nc = await nats.connect(nats_url)
+    h = await start_harness(settings_factory(max_deliver=3), unique, batch=True)
+    await h.service.stop()  # publish while stopped, so that one fetch returns the batch
+    try:
+        # 1. a batch that succeeds: one transaction for all of it
+        first = [BenchPing(seq=i) for i in range(20)]
+        for ev in first:
+            await publish(nc, h.ping_subject, ev)
+        h = await start_harness(settings_factory(max_deliver=3), unique, batch=True)
+        pongs = await collect(nc, h.pong_subject, 20)
+        assert sorted(BenchPong.model_validate_json(p).seq for p in pongs) == list(range(20))
+        db = h.service.db
+        assert db is not None
+        # a handful of batch transactions, not one per event
+        assert await db.fetchval("SELECT count(DISTINCT n) FROM handled") <= BATCH_TRANSACTIONS
+        await h.service.stop()
+
+        # 2. a batch with one failing handler: rolled back, then message by message
+        second = [BenchPing(seq=100 + i) for i in range(10)]
+        flaky = BenchPing(seq=999, fail_deliveries=1)
+        for ev in [*second[:5], flaky, *second[5:]]:
+            await publish(nc, h.ping_subject, ev)
+        h = await start_harness(settings_factory(max_deliver=3), unique, batch=True)
+        pongs = await collect(nc, h.pong_subject, 31)
+        seqs = sorted(BenchPong.model_validate_json(p).seq for p in pongs)
+        assert seqs == [*range(20), *range(100, 110), 999]  # each exactly once
+        db = h.service.db
+        assert db is not None
+        assert await db.fetchval("SELECT count(*) FROM handled") == 31
+        assert await db.fetchval("SELECT count(*) FROM processed_events") == 31
+        # the failing event's batch was rolled back; it was then handled on its own
+        assert await db.fetchval(
+            "SELECT count(*) FROM handled WHERE n = (SELECT n FROM handled WHERE event_id = $1)",
+            flaky.event_id) == 1
+        # called twice: in the batch (raised, rolled back), then alone (succeeded)
+        assert h.deliveries[str(flaky.event_id)] == 2
+        assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+        await h.service.stop()
+    finally:
+        await nc.close()
