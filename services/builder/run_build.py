@@ -74,6 +74,11 @@ async def build_allocated(event: BuildAllocated, msg: Delivery, deps: BuilderDep
                                   estimated_start_s=None)
     if decided.action == Action.IGNORE:
         log.info("allocation ignored", extra={"build_id": str(build_id), "why": decided.reason})
+        # redelivered while this process still runs it: hold the message until that run
+        # ends, so a crash meanwhile still finds it unacknowledged
+        while build_id in deps.active:
+            await asyncio.sleep(deps.config.heartbeat_s)
+            await msg.in_progress()
         return
     if decided.previous is not None:
         await _stop_previous(decided, deps, event)

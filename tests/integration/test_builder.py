@@ -37,12 +37,14 @@ from labfleet.scheduler.main import create as create_scheduler
 from labfleet.shared.bus import reveal_secrets_json
 from labfleet.shared.events.build import (
     ArtifactListReply,
+    BuildListReply,
     BuildReply,
     BuildSpec,
     BuildStatus,
     CancelBuild,
     GetBuild,
     ListArtifacts,
+    ListBuilds,
     LogChunk,
     SubmitBuild,
     SubmitBuildReply,
@@ -393,6 +395,10 @@ async def test_artifacts_by_commit_and_latest_successful_for_a_branch(lab: Lab, 
     assert not missing.ok and missing.error.code == "not_found"
     nothing = await lab.request(ListArtifacts(), ArtifactListReply)
     assert not nothing.ok and nothing.error.code == "missing_selector"
+    recent = await lab.request(ListBuilds(limit=50), BuildListReply)
+    mine = {b.build_id: b for b in recent.builds if b.build_id in (first.build_id, second.build_id)}
+    assert len(mine) == 2 and mine[second.build_id].artifacts == two.artifacts
+    assert mine[first.build_id].attempts == one.attempts
 
 
 async def test_compile_error_reports_the_compilers_message(lab: Lab, tmp_path: Path) -> None:

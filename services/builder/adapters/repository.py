@@ -1,7 +1,6 @@
 """The builder's tables: builds, attempts, artifacts.  Functions over an open transaction."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -146,8 +145,12 @@ def _attempt_dict(a: Attempt) -> dict[str, object]:
             "error": a.error.model_dump() if a.error else None}
 
 
-async def _view(db: Conn, row: asyncpg.Record) -> BuildView:
-    tries = await attempts(db, row["build_id"])
+async def _view(db: Conn, row: asyncpg.Record, tries: list[Attempt] | None = None,
+                artifacts: list[ArtifactInfo] | None = None) -> BuildView:
+    if tries is None:
+        tries = await attempts(db, row["build_id"])
+    if artifacts is None:
+        artifacts = await artifacts_of(db, row["build_id"])
     return BuildView(
         build_id=row["build_id"], spec=BuildSpec.model_validate_json(row["spec"]),
         status=BuildStatus(row["status"]),
@@ -156,8 +159,7 @@ async def _view(db: Conn, row: asyncpg.Record) -> BuildView:
         attempt=len(tries) or 1, attempts=[_attempt_dict(a) for a in tries],
         error=ErrorInfo.model_validate_json(row["error"]) if row["error"] else None,
         created_at=row["created_at"], started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        artifacts=await artifacts_of(db, row["build_id"]),
+        finished_at=row["finished_at"], artifacts=artifacts,
         position=row["position"], estimated_start_s=row["estimated_start_s"])
 
 
@@ -167,8 +169,20 @@ async def view(db: Conn, build_id: uuid.UUID) -> BuildView | None:
 
 
 async def recent_views(db: Conn, limit: int) -> list[BuildView]:
+    """The newest builds; attempts and artifacts in one query each, not one per build."""
     rows = await db.fetch("SELECT * FROM builds ORDER BY created_at DESC LIMIT $1", limit)
-    return [await _view(db, r) for r in rows]
+    ids = [r["build_id"] for r in rows]
+    tries: dict[uuid.UUID, list[Attempt]] = {i: [] for i in ids}
+    for r in await db.fetch("SELECT * FROM attempts WHERE build_id = ANY($1::uuid[]) "
+                            "ORDER BY build_id, attempt", ids):
+        tries[r["build_id"]].append(_attempt(r))
+    stored: dict[uuid.UUID, list[ArtifactInfo]] = {i: [] for i in ids}
+    for r in await db.fetch("SELECT build_id, name, size, sha256, object_name, bucket "
+                            "FROM artifacts WHERE build_id = ANY($1::uuid[]) ORDER BY name", ids):
+        stored[r["build_id"]].append(ArtifactInfo(
+            name=r["name"], size=r["size"], sha256=r["sha256"], object_name=r["object_name"],
+            bucket=r["bucket"]))
+    return [await _view(db, r, tries[r["build_id"]], stored[r["build_id"]]) for r in rows]
 
 
 async def find_succeeded(db: Conn, *, commit: str | None = None, ref: str | None = None,
@@ -192,6 +206,3 @@ async def find_succeeded(db: Conn, *, commit: str | None = None, ref: str | None
         f"SELECT build_id FROM builds WHERE {' AND '.join(where)} "  # noqa: S608
         "ORDER BY finished_at DESC LIMIT 1", *args)
 
-
-def dumps(value: object) -> str:
-    return json.dumps(value, default=str)
