@@ -144,9 +144,16 @@ async def _estimated_start(entry: repo.QueueEntry, decision: Decision,
     return estimated_start(slots, durations)
 
 
+#: candidates kept in the decision log: the best ones; a pool of thousands would make
+#: every decision a megabyte
+LOGGED_CANDIDATES = 50
+
+
 async def _log_decision(tx: Transaction, build_id: uuid.UUID, decision: Decision,
                         reason: str) -> None:
-    candidates = [c.as_dict() for c in decision.candidates]
+    candidates = [c.as_dict() for c in decision.candidates[:LOGGED_CANDIDATES]]
+    if len(decision.candidates) > LOGGED_CANDIDATES:
+        candidates.append({"omitted": len(decision.candidates) - LOGGED_CANDIDATES})
     chosen = decision.chosen.name if decision.chosen else None
     await repo.record_decision(tx, build_id, decision.outcome.value, chosen, reason, candidates)
     await tx.emit(PolicyDecided(request_id=build_id, kind="build", chosen=chosen,

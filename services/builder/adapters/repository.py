@@ -77,7 +77,8 @@ async def update_job(tx: Transaction, build_id: uuid.UUID, **fields: Any) -> Non
             value = value.value
         sets.append(f"{column} = ${i}")
         args.append(value)
-    await tx.execute(f"UPDATE builds SET {', '.join(sets)} WHERE build_id = $1", *args)  # noqa: S608
+    query = f"UPDATE builds SET {', '.join(sets)} WHERE build_id = $1"  # noqa: S608
+    await tx.execute(query, *args)
 
 
 async def set_wait(tx: Transaction, build_id: uuid.UUID, position: int,

@@ -149,7 +149,12 @@ LAUNCH = r"""dir=$1 step=$2
 shift 2
 cd "$dir" || exit 97
 rm -f "exit-$step"
-setsid sh -c 'step=$2; shift 2; "$@" >> build.log 2>&1 < /dev/null; echo $? > "exit-$step.tmp"; mv "exit-$step.tmp" "exit-$step"; rm -f pid' labfleet-step "$dir" "$step" "$@" > /dev/null 2>&1 < /dev/null &
+setsid sh -c '
+  step=$2; shift 2
+  "$@" >> build.log 2>&1 < /dev/null
+  echo $? > "exit-$step.tmp"; mv "exit-$step.tmp" "exit-$step"
+  rm -f pid
+' labfleet-step "$dir" "$step" "$@" > /dev/null 2>&1 < /dev/null &
 echo $! > pid
 echo $!
 """

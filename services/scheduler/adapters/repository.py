@@ -99,7 +99,8 @@ def _server_state(row: asyncpg.Record, default_slots: int) -> BuildServerState:
         slots = int(view.labels.get(SLOTS_LABEL, default_slots))
     except ValueError:
         slots = default_slots
-    toolchains = frozenset(t.arch for t in caps.toolchains) if caps else frozenset(view.architectures)
+    toolchains = (frozenset(t.arch for t in caps.toolchains) if caps
+                  else frozenset(view.architectures))
     return BuildServerState(
         server_id=view.resource_id, name=view.name, toolchains=toolchains,
         declared=frozenset(view.architectures), labels=dict(view.labels),
@@ -159,8 +160,8 @@ async def enqueue(tx: Transaction, build_id: uuid.UUID, spec: BuildSpec, request
 
 
 async def get_entry(tx: Transaction, build_id: uuid.UUID) -> QueueEntry | None:
-    row = await tx.fetchrow(
-        f"SELECT {_ENTRY_COLUMNS} FROM build_queue WHERE build_id = $1 FOR UPDATE", build_id)  # noqa: S608
+    query = f"SELECT {_ENTRY_COLUMNS} FROM build_queue WHERE build_id = $1 FOR UPDATE"  # noqa: S608
+    row = await tx.fetchrow(query, build_id)
     return _entry(row) if row else None
 
 

@@ -110,7 +110,8 @@ def select_build_server(
     """
     pool = sorted(servers, key=lambda s: (s.name, str(s.server_id)))
     estimates = estimates or {}
-    known = [v for k, v in estimates.items() if any(s.server_id == k for s in pool)]
+    ids = {s.server_id for s in pool}
+    known = [v for k, v in estimates.items() if k in ids]
     # an unknown server is assumed typical, so a missing history neither wins nor loses
     typical = statistics.median(known) if known else None
 
@@ -176,8 +177,7 @@ def _alternatives(spec: BuildSpec, pool: list[BuildServerState], now: datetime,
     """Servers that could take a pinned build if it were not pinned, best first."""
     if spec.server is None:
         return ()
+    pinned = {s.server_id for s in pool if s.matches(spec.server)}
     free = select_build_server(spec.model_copy(update={"server": None}), pool, now,
                                policy=policy, estimates=estimates, avoid=avoid)
-    return tuple(c.name for c in free.candidates
-                 if c.eligible and not any(s.server_id == c.server_id and s.matches(spec.server)
-                                           for s in pool))
+    return tuple(c.name for c in free.candidates if c.eligible and c.server_id not in pinned)

@@ -49,7 +49,7 @@ def check_submission(spec: BuildSpec, pool: Sequence[BuildServerState], decision
     alternatives = decision.alternatives
     if spec.server is None:
         if decision.outcome == Outcome.NO_CAPABLE_SERVER:
-            have = sorted({a for s in pool for a in s.toolchains if not s.declared or a in s.declared})
+            have = sorted({a for s in pool for a in s.toolchains if s.supports(a)})
             raise Rejection(ErrorInfo(
                 code="no_capable_server", field="arch",
                 message=decision.reason,

@@ -63,7 +63,8 @@ CREATE TABLE build_history (
     duration_s  double precision NOT NULL,
     finished_at timestamptz      NOT NULL
 );
-CREATE INDEX build_history_kind ON build_history (repo_url, arch, config, targets, finished_at DESC);
+CREATE INDEX build_history_kind
+    ON build_history (repo_url, arch, config, targets, finished_at DESC);
 CREATE TABLE decisions (
     id         bigserial PRIMARY KEY,
     request_id uuid        NOT NULL,
