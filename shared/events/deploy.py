@@ -18,6 +18,8 @@ class BootFailure(StrEnum):
     OOPS = "oops"
     TIMEOUT = "timeout"
     RESET_LOOP = "reset_loop"
+    #: the VM shut down (or was destroyed) before the boot was proven
+    STOPPED = "stopped"
     #: the VM never started (transfer, checksum, libvirt)
     DEPLOY_ERROR = "deploy_error"
 

@@ -1,0 +1,41 @@
+"""Bootstrap: wire the deployer's dependencies and subscribers into a Service."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from labfleet.shared.service import Service
+from labfleet.shared.settings import Settings
+from labfleet.shared.ssh import SshPool
+
+from .adapters.artifacts import ArtifactSource
+from .adapters.libvirt_host import LibvirtHosts
+from .config import DeployerConfig
+from .deps import DeployerDeps
+from .entrypoints import register
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def create(settings: Settings, config: DeployerConfig | None = None) -> Service:
+    config = config or DeployerConfig()
+    svc = Service.create("deployer", settings, migrations=MIGRATIONS)
+    assert svc.db is not None
+    work = settings.data_dir / "deployer"
+    pool = SshPool(connect_timeout=config.ssh_connect_timeout_s,
+                   command_timeout=config.ssh_command_timeout_s)
+    libvirt_hosts = LibvirtHosts(work / "libvirt-access", config.ssh_connect_timeout_s)
+    deps = DeployerDeps(db=svc.db, bus=svc.bus, config=config, pool=pool,
+                        libvirt=libvirt_hosts, artifacts=ArtifactSource(lambda: svc.bus.js),
+                        scratch=work / "scratch")
+    register(svc.bus, deps)
+
+    async def prepare() -> None:
+        deps.scratch.mkdir(parents=True, exist_ok=True)
+
+    async def close() -> None:
+        await pool.close()
+        libvirt_hosts.close()
+
+    svc.on_start.append(prepare)
+    svc.on_stop.append(close)
+    return svc
