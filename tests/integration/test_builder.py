@@ -365,6 +365,7 @@ async def test_auto_build_streams_its_log_live_and_stores_verified_artifacts(lab
     mirror = home / "labfleet" / "mirrors" / hashlib.sha1(f"file://{repo}".encode()).hexdigest()
     assert (mirror / "HEAD").exists()
     shutil.rmtree(mirror)
+    mirror.with_name(mirror.name + ".lock").unlink(missing_ok=True)
 
 
 async def test_artifacts_by_commit_and_latest_successful_for_a_branch(lab: Lab, tmp_path: Path) -> None:
