@@ -80,18 +80,25 @@ def ensure_hello(paths: LabPaths) -> Path:
 def ensure_linux(paths: LabPaths, say: Callable[[str], None]) -> Path:
     """One commit of the unpacked linux-source tree, as a bare repository."""
     repo = paths.cache_dir / "git" / "linux.git"
-    if (repo / "HEAD").exists() and (repo / "refs" / "heads" / "main").exists():
+    done = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "-q", "--verify",
+                           "refs/heads/main"], capture_output=True)
+    if (repo / "HEAD").exists() and done.returncode == 0:
         return repo
     tree = source_tree(paths, say)
     say(f"making the kernel git mirror {repo} (once; a few minutes)")
     shutil.rmtree(repo, ignore_errors=True)
     repo.parent.mkdir(parents=True, exist_ok=True)
     _git("init", "-q", "--bare", "-b", "main", str(repo))
-    env = {**os.environ, **GIT_ENV, "GIT_DIR": str(repo), "GIT_WORK_TREE": str(tree)}
-    for argv in (["git", "add", "-A", "."],
+    env = {**os.environ, **GIT_ENV, "GIT_DIR": str(repo), "GIT_WORK_TREE": str(tree),
+           "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "gc.auto", "GIT_CONFIG_VALUE_0": "0"}
+    # -f: the Debian tree ships a .gitignore that ignores everything at its top
+    for argv in (["git", "add", "-A", "-f", "."],
                  ["git", "commit", "-q", "-m", f"{tree.name} from Debian's linux-source"]):
         subprocess.run(argv, cwd=tree, env=env, check=True, capture_output=True)
     (repo / "index").unlink(missing_ok=True)
+    # one pack without delta search: quick to make, and a clone streams it as it is
+    subprocess.run(["git", "--git-dir", str(repo), "repack", "-a", "-d", "-q", "--window=0"],
+                   check=True, capture_output=True)
     (repo / "git-daemon-export-ok").touch()
     return repo
 

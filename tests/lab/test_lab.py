@@ -116,6 +116,16 @@ async def test_build_server_cross_compiles_from_the_lab_git(lab, pool) -> None: 
     assert checksum.endswith("  hello")
 
 
+async def test_kernel_source_mirror_is_served_to_build_servers(lab, lab_paths, pool) -> None:  # type: ignore[no-untyped-def]
+    from labfleet.lab.gitrepos import ensure_linux
+
+    repo = await asyncio.to_thread(ensure_linux, lab_paths, print)  # minutes once, then cached
+    head = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "refs/heads/main"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    out = await run(pool, lab, "build2", ["git", "ls-remote", lab["git"]["url"] + "linux.git"])
+    assert f"{head}\trefs/heads/main" in out
+
+
 # ---- QEMU hosts: libvirt over qemu+ssh -----------------------------------------------
 
 
