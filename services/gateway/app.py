@@ -24,9 +24,11 @@ from .routes import (
     api_artifacts,
     api_build_servers,
     api_builds,
+    api_environments,
     api_tokens,
     pages_auth,
     pages_builds,
+    pages_environments,
     pages_servers,
     system,
 )
@@ -129,11 +131,13 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
     app.state.gateway = gateway
     api = APIRouter(prefix=API_PREFIX)
     route_templates: dict[Any, str] = {}
-    for module in (api_build_servers, api_builds, api_artifacts, api_tokens):
+    for module in (api_build_servers, api_builds, api_artifacts, api_environments,
+                   api_tokens):
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
     app.include_router(api)
-    for router in (system.router, pages_auth.router, pages_servers.router, pages_builds.router):
+    for router in (system.router, pages_auth.router, pages_servers.router, pages_builds.router,
+                   pages_environments.router):
         app.include_router(router)
         route_templates.update(_templates(router, ""))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

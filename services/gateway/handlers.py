@@ -55,7 +55,7 @@ from .models import (
 )
 
 #: the services whose liveness ``/healthz`` reports
-SERVICES = ("gateway", "inventory", "monitor", "scheduler", "builder")
+SERVICES = ("gateway", "inventory", "monitor", "scheduler", "builder", "deployer")
 
 #: registration probes SSH and runs detection commands: allow for slow hosts
 REGISTER_TIMEOUT_S = 90.0

@@ -27,6 +27,9 @@ ANSWERED_BY: tuple[tuple[str, str], ...] = (
     ("request.cmd.", "scheduler"),
     ("build.cmd.", "builder"),
     ("artifact.cmd.", "builder"),
+    ("env.cmd.create", "scheduler"),
+    ("env.cmd.hosts", "scheduler"),
+    ("env.cmd.", "deployer"),
 )
 
 
