@@ -66,8 +66,12 @@ def up(
 @app.command()
 def down() -> None:
     """Remove everything the lab created (namespaces, daemons, VMs, mounts, files)."""
+    import os
+
     from labfleet.lab import lab
 
+    if os.geteuid() != 0:
+        _fail("the lab needs root to remove namespaces, links and mounts; run it as root")
     lab.down(say=_say)
 
 
