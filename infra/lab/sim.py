@@ -208,13 +208,17 @@ def run_sim_cli(count: int, processes: int, base_port: int, out: str | None) -> 
     from labfleet.lab.paths import LabPaths
 
     paths = LabPaths.from_env()
-    directory = paths.lab_dir / "sim" if os.geteuid() == 0 else Path.home() / ".labfleet-sim"
-    key = paths.lab_dir / "keys" / "id_ed25519.pub"
-    authorized = str(key) if key.exists() else ""
-    if not authorized:
-        print("labfleet lab sim: no lab key yet; accepting only the password in "
-              f"{directory}/password", file=sys.stderr)
+    directory = (paths.lab_dir.parent / f"{paths.lab_dir.name}-sim" if os.geteuid() == 0
+                 else Path.home() / ".labfleet-sim")
     directory.mkdir(parents=True, exist_ok=True)
+    key = paths.lab_dir / "keys" / "id_ed25519"
+    if not key.exists():  # no lab up: the sim's own key pair
+        key = directory / "id_ed25519"
+        if not key.exists():
+            import subprocess
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                           check=True)
+    authorized = str(key) + ".pub"
     password_file = directory / "password"
     if not password_file.exists():
         import secrets
@@ -225,7 +229,8 @@ def run_sim_cli(count: int, processes: int, base_port: int, out: str | None) -> 
     if out:
         Path(out).write_text(json.dumps(listing, indent=1))
     print(f"{count} simulated hosts on 127.0.0.1:{base_port}-{base_port + count - 1} "
-          f"({len(workers)} processes); list in {out or directory / 'hosts.json'}; "
+          f"({len(workers)} processes), user lab, key {key}; "
+          f"list in {out or directory / 'hosts.json'}; "
           f"silence hosts by naming them in {directory / 'silent'}; Ctrl-C stops", file=sys.stderr)
     try:
         while all(w.is_alive() for w in workers):
