@@ -1,0 +1,1 @@
+"""The alerter's edges: its PostgreSQL tables, SMTP and webhook senders."""
