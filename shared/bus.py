@@ -71,6 +71,7 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("POLICY", ["policy.*"]),
     StreamSpec("ENV", ["env.*"]),
     StreamSpec("DEPLOY", ["deploy.*"]),
+    StreamSpec("ALERT", ["alert.*"]),
     StreamSpec("SAMPLES", ["sample.>"], max_age_s=DAY),
     StreamSpec("LOGS", ["log.>"], max_age_s=30 * DAY),
     StreamSpec("DEADLETTER", ["deadletter.>"], max_age_s=90 * DAY),
