@@ -1,10 +1,14 @@
 """One attempt of a build on its server, phase by phase.
 
 fetch (mirror, resolve the ref, checkout) → configure (only with a config) → compile →
-collect (the artifact globs) → upload (object store, verified).  Every remote step runs
-detached (see ``domain/remote_plan``) and its output is streamed to the build log as it
-is printed.  Between steps, and from the heartbeat during them, ``guard`` raises
-:class:`Interrupted` when the build was cancelled or moved elsewhere.
+collect (the artifact globs; for kernels what the config produced, see
+``domain/kernel``) → upload (object store, verified).  A kernel build with the TuxMake
+backend runs one ``tuxmake`` step for configure, compile and collect.  Every remote step
+runs detached (see ``domain/remote_plan``) and its output is streamed to the build log
+as it is printed; while compiling, the lines are counted against the last compile of the
+same tree for a percentage (``domain/progress``).  Between steps, and from the heartbeat
+during them, ``guard`` raises :class:`Interrupted` when the build was cancelled or moved
+elsewhere.
 """
 from __future__ import annotations
 
@@ -12,17 +16,20 @@ import posixpath
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncssh
 
 from labfleet.shared.events.build import ArtifactInfo, BuildPhase, BuildSpec
 
 from .adapters.artifact_store import ArtifactStore
+from .adapters.history import CompileHistories
 from .adapters.log_stream import BuildLog
 from .adapters.remote import BuildHost, server_lost
+from .domain import kernel
 from .domain import remote_plan as plan
 from .domain.errors import BuildError, step_failed
+from .domain.progress import CompileHistory, Throttle, estimate, history_key
 
 
 class Interrupted(Exception):
@@ -38,6 +45,7 @@ class AttemptResult:
     commit: str
     artifacts: list[ArtifactInfo]
     duration_s: float
+    toolchain: str = ""
 
 
 @dataclass
@@ -53,7 +61,13 @@ class BuildAttempt:
     jobs: int
     on_phase: Callable[[BuildPhase], Awaitable[None]]
     guard: Callable[[], Awaitable[None]]
+    #: the compile's percentage, when there is a history to estimate it from
+    on_percent: Callable[[BuildPhase, float], Awaitable[None]] | None = None
+    histories: CompileHistories | None = None
+    server_name: str = ""
     offset: int = 0
+    #: counting the output lines of the running step (the compile) when set
+    _counting: _LineCount | None = None
 
     async def run(self) -> AttemptResult:
         started = time.monotonic()
@@ -62,18 +76,56 @@ class BuildAttempt:
         await self.step("fetch", plan.fetch_step(self.ws, spec.repo_url))
         commit = await self.resolve()
         await self.step("checkout", plan.checkout_step(self.ws, spec.repo_url, commit))
+        toolchain = await self.toolchain()
+        tuxmake = ""
+        if kernel.is_kernel(spec):
+            tuxmake = await self.tuxmake()
+        if kernel.use_tuxmake(spec, tuxmake):
+            files = await self.run_tuxmake()
+        elif kernel.is_kernel(spec):
+            files = await self.run_kernel()
+        else:
+            files = await self.run_make()
+        await self.on_phase(BuildPhase.UPLOAD)
+        metadata = self.metadata(commit, toolchain, tuxmake if kernel.use_tuxmake(spec, tuxmake)
+                                 else "")
+        artifacts = await self.upload(files, metadata)
+        return AttemptResult(commit, artifacts, time.monotonic() - started, toolchain)
+
+    async def run_make(self) -> list[tuple[str, str]]:
+        spec = self.spec
         configure = plan.configure_step(self.ws, spec, self.toolchain_prefix)
         if configure is not None:
             await self.on_phase(BuildPhase.CONFIGURE)
             await self.step("configure", configure)
         await self.on_phase(BuildPhase.COMPILE)
-        await self.step("compile", plan.compile_step(self.ws, spec, self.toolchain_prefix,
-                                                     self.jobs))
+        await self.counted_step("compile", plan.compile_step(self.ws, spec,
+                                                             self.toolchain_prefix, self.jobs))
         await self.on_phase(BuildPhase.COLLECT)
-        files = await self.collect()
-        await self.on_phase(BuildPhase.UPLOAD)
-        artifacts = await self.upload(files)
-        return AttemptResult(commit, artifacts, time.monotonic() - started)
+        return await self.collect()
+
+    async def run_kernel(self) -> list[tuple[str, str]]:
+        spec, prefix = self.spec, self.toolchain_prefix
+        await self.on_phase(BuildPhase.CONFIGURE)
+        await self.step("configure", kernel.configure_step(self.ws, spec, prefix))
+        await self.on_phase(BuildPhase.COMPILE)
+        await self.counted_step("compile", kernel.compile_step(self.ws, spec, prefix,
+                                                               self.jobs))
+        await self.on_phase(BuildPhase.COLLECT)
+        if spec.artifacts:  # the developer's own list, exactly
+            return await self.collect()
+        await self.step("collect", kernel.collect_step(self.ws, spec, prefix, self.jobs))
+        return await self.outputs()
+
+    async def run_tuxmake(self) -> list[tuple[str, str]]:
+        await self.on_phase(BuildPhase.CONFIGURE)
+        # TuxMake configures first, then reports "I: config: PASS"; the rest is compiling
+        await self.counted_step("tuxmake", kernel.tuxmake_step(self.ws, self.spec, self.jobs),
+                                switch_on=b"I: config:")
+        await self.on_phase(BuildPhase.COLLECT)
+        if self.spec.artifacts:
+            return await self.collect()
+        return await self.outputs()
 
     # ---- steps --------------------------------------------------------------------
 
@@ -86,13 +138,50 @@ class BuildAttempt:
             await self.guard()  # a kill for a cancel ends the step too: say so, not "failed"
             raise step_failed(name, status, self.log.last_lines())
 
+    async def counted_step(self, name: str, argv: list[str],
+                           switch_on: bytes | None = None) -> None:
+        """A step whose output lines measure its progress against the last such build."""
+        key = history_key(self.spec)
+        history = await self.histories.get(key) if self.histories else None
+        if history is not None:
+            await self.log.note(f"the last such build printed {history.lines} lines in "
+                                f"{history.seconds:.0f}s (build {history.build_id} on "
+                                f"{history.server}); progress is measured against it")
+        count = _LineCount(history=history, started=time.monotonic(), switch_on=switch_on,
+                           compiling=switch_on is None)
+        self._counting = count
+        try:
+            await self.step(name, argv)
+        finally:
+            self._counting = None
+        if self.histories:
+            await self.histories.put(key, CompileHistory(
+                lines=count.lines, seconds=time.monotonic() - count.started,
+                build_id=str(self.build_id), server=self.server_name))
+
+    async def _sink(self, data: bytes) -> None:
+        await self.log.write_bytes(data)
+        count = self._counting
+        if count is None:
+            return
+        count.lines += data.count(b"\n")
+        if not count.compiling and count.switch_on and count.switch_on in data:
+            count.compiling = True
+            await self.on_phase(BuildPhase.COMPILE)
+        if not count.compiling or self.on_percent is None:
+            return
+        now = time.monotonic()
+        percent = estimate(count.history, count.lines, now - count.started)
+        if count.throttle.due(now, percent):
+            assert percent is not None
+            await self.on_percent(BuildPhase.COMPILE, percent)
+
     async def wait(self, name: str, pid: int) -> int | None:
         """Follow the step's output to its end; its exit status (None: killed)."""
         dropped: BuildError | None = None
         for _ in range(3):
             try:
-                self.offset = await self.host.follow(self.ws, self.offset, pid,
-                                                     self.log.write_bytes)
+                self.offset = await self.host.follow(self.ws, self.offset, pid, self._sink)
             except BuildError as exc:
                 if not exc.retryable:
                     raise
@@ -117,6 +206,43 @@ class BuildAttempt:
                              details={"ref": spec.ref, "repo_url": spec.repo_url})
         await self.log.note(f"{spec.ref} is {commit}")
         return commit
+
+    async def toolchain(self) -> str:
+        """The compiler's own name for itself, recorded with the artifacts."""
+        found = await self.host.run(kernel.toolchain_version(self.toolchain_prefix),
+                                    check=False)
+        version = str(found.stdout or "").strip()
+        await self.log.note(f"toolchain: {version or 'unknown'}")
+        return version
+
+    async def tuxmake(self) -> str:
+        """``tuxmake --version`` on the server ("" when it has none); a build that asks
+        for TuxMake where there is none fails here, before anything is compiled."""
+        if self.spec.backend.value == "make":
+            return ""
+        found = await self.host.run(kernel.tuxmake_version(), check=False)
+        version = str(found.stdout or "").strip()
+        if not version and self.spec.backend.value == "tuxmake":
+            raise BuildError(
+                "tuxmake_missing", f"the build asks for the TuxMake backend, but build server "
+                f"{self.host.name} has no tuxmake (neither on PATH nor in ~/.local/bin)",
+                hint="install it on the server (pip install --user tuxmake), or submit with "
+                     "backend 'auto' or 'make'", details={"server": self.host.name})
+        await self.log.note(f"backend: {version or 'make (no tuxmake on this server)'}")
+        return version
+
+    def metadata(self, commit: str, toolchain: str, tuxmake: str) -> dict[str, str]:
+        spec = self.spec
+        out = {"build_id": str(self.build_id), "repository": spec.repo_url, "ref": spec.ref,
+               "commit": commit, "arch": spec.arch.value, "kind": spec.build_kind.value,
+               "config": spec.config, "toolchain": toolchain, "server": self.server_name}
+        if spec.config_fragments:
+            out["config_fragments"] = " ".join(spec.config_fragments)
+        if spec.config_options:
+            out["config_options"] = " ".join(spec.config_options)
+        if tuxmake:
+            out["backend"] = tuxmake
+        return out
 
     # ---- artifacts ----------------------------------------------------------------
 
@@ -147,7 +273,19 @@ class BuildAttempt:
         return [(p, n if names.count(n) == 1 else posixpath.relpath(p, self.ws.src))
                 for p, n in zip(paths, names, strict=True)]
 
-    async def upload(self, files: list[tuple[str, str]]) -> list[ArtifactInfo]:
+    async def outputs(self) -> list[tuple[str, str]]:
+        """(remote path, artifact name) of every file in the output directory; names are
+        paths below it (``dtbs/arm/juno.dtb``)."""
+        base = kernel.out_dir(self.ws)
+        listing = await self.host.output(kernel.list_outputs(self.ws))
+        paths = sorted(p for p in listing.splitlines() if p.startswith(base + "/"))
+        if not paths:
+            raise BuildError("artifact_missing", "the build left no files to collect in "
+                             f"{base}", hint="see the end of the log")
+        return [(p, posixpath.relpath(p, base)) for p in paths]
+
+    async def upload(self, files: list[tuple[str, str]],
+                     metadata: dict[str, str] | None = None) -> list[ArtifactInfo]:
         out: list[ArtifactInfo] = []
         try:
             async with self.host.sftp() as sftp:
@@ -155,11 +293,13 @@ class BuildAttempt:
                     await self.guard()
                     object_name = f"{self.build_id}/{name}"
                     async with sftp.open(path, "rb") as remote_file:
-                        stored = await self.store.upload(object_name, remote_file)
+                        stored = await self.store.upload(object_name, remote_file,
+                                                         metadata=metadata)
                     await self.log.note(f"stored {name} ({stored.size} bytes, "
                                         f"sha256 {stored.sha256})")
                     out.append(ArtifactInfo(name=name, size=stored.size, sha256=stored.sha256,
-                                            object_name=object_name, bucket=self.store.bucket))
+                                            object_name=object_name, bucket=self.store.bucket,
+                                            metadata=dict(metadata or {})))
         except asyncssh.Error as exc:
             raise server_lost(self.host.access, exc) from None
         await self.verify(files, out)
@@ -177,3 +317,13 @@ class BuildAttempt:
                     f"{theirs}, in the object store {kept}",
                     hint="the file changed while it was read, or the transfer was corrupted; "
                          "build again", details={"artifact": name})
+
+
+@dataclass
+class _LineCount:
+    history: CompileHistory | None
+    started: float
+    switch_on: bytes | None
+    compiling: bool
+    lines: int = 0
+    throttle: Throttle = field(default_factory=Throttle)

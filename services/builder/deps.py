@@ -10,6 +10,7 @@ from labfleet.shared.settings import Settings
 from labfleet.shared.ssh import SshPool
 
 from .adapters.artifact_store import ArtifactStore
+from .adapters.history import CompileHistories
 from .config import BuilderConfig
 
 
@@ -25,3 +26,5 @@ class BuilderDeps:
     instance: str
     #: builds this process is running now: build id → attempt number
     active: dict[uuid.UUID, int] = field(default_factory=dict)
+    #: compile line counts and durations, for progress estimates
+    histories: CompileHistories | None = None

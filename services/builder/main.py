@@ -8,6 +8,7 @@ from labfleet.shared.settings import Settings
 from labfleet.shared.ssh import SshPool
 
 from .adapters.artifact_store import ArtifactStore
+from .adapters.history import CompileHistories
 from .config import BuilderConfig
 from .deps import BuilderDeps
 from .entrypoints import register
@@ -23,7 +24,8 @@ def create(settings: Settings, config: BuilderConfig | None = None) -> Service:
                   command_timeout=settings.ssh_command_timeout_s)
     store = ArtifactStore(lambda: svc.bus.js, config.artifact_bucket)
     deps = BuilderDeps(db=svc.db, bus=svc.bus, ssh=ssh, store=store, config=config,
-                       settings=settings, instance=svc.instance)
+                       settings=settings, instance=svc.instance,
+                       histories=CompileHistories(lambda: svc.bus.js))
     register(svc.bus, deps)
     # stop hooks run last-added first: running builds stop (unacknowledged, so they are
     # picked up again) before their SSH connections close under them

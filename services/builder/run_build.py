@@ -167,6 +167,8 @@ async def _run_attempt(event: BuildAllocated, msg: Delivery, deps: BuilderDeps,
             store=deps.store, toolchain_prefix=toolchain_prefix(access.view, event.spec.arch),
             jobs=await host.cpu_cores(),
             on_phase=lambda phase: _progress(deps, build_id, number, phase),
+            on_percent=lambda phase, percent: _progress(deps, build_id, number, phase, percent),
+            histories=deps.histories, server_name=access.view.name,
             guard=lambda: _guard(deps, build_id, number))
         result = await attempt.run()
         await _finish_succeeded(deps, event, number, result, buildlog)
@@ -211,10 +213,10 @@ async def _cleanup(host: BuildHost, ws: plan.Workspace) -> None:
 
 
 async def _progress(deps: BuilderDeps, build_id: uuid.UUID, number: int,
-                    phase: BuildPhase) -> None:
+                    phase: BuildPhase, percent: float | None = None) -> None:
     async with deps.db.transaction() as tx:
         await repo.update_job(tx, build_id, phase=phase)
-        await tx.emit(BuildProgress(build_id=build_id, phase=phase))
+        await tx.emit(BuildProgress(build_id=build_id, phase=phase, percent=percent))
 
 
 async def _guard(deps: BuilderDeps, build_id: uuid.UUID, number: int) -> None:
@@ -292,7 +294,8 @@ async def _finish_succeeded(deps: BuilderDeps, event: BuildAllocated, number: in
                                          ref=event.spec.ref))
         await tx.emit(BuildSucceeded(build_id=build_id, server_id=event.server_id,
                                      commit=result.commit, duration_s=result.duration_s,
-                                     artifacts=result.artifacts, attempt=number))
+                                     artifacts=result.artifacts, attempt=number,
+                                     toolchain=result.toolchain))
         await tx.emit(BuildFinished(build_id=build_id, server_id=event.server_id,
                                     status=BuildStatus.SUCCEEDED))
     await buildlog.close(f"build succeeded in {result.duration_s:.1f}s "

@@ -1,6 +1,7 @@
 """Build domain: jobs on build servers and their artifacts (owners: builder, scheduler)."""
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +30,28 @@ class BuildPhase(StrEnum):
     UPLOAD = "upload"
 
 
+class BuildKind(StrEnum):
+    """``make``: a plain make of whatever the tree builds (artifacts as listed);
+    ``kernel``: a Linux kernel, whose image, dtbs, modules and config are collected by default."""
+
+    MAKE = "make"
+    KERNEL = "kernel"
+
+
+class BuildBackend(StrEnum):
+    """Who drives a kernel build on the server: labfleet's own make steps, TuxMake, or
+    TuxMake where the server has it installed (``auto``)."""
+
+    MAKE = "make"
+    TUXMAKE = "tuxmake"
+    AUTO = "auto"
+
+
+#: one kconfig line: ``CONFIG_FOO=y``, ``CONFIG_BAR="text"`` or ``# CONFIG_BAZ is not set``
+_KCONFIG_LINE = re.compile(r'^(CONFIG_[A-Za-z0-9_]+=("[^"\n]*"|[A-Za-z0-9_x+-]+)'
+                           r'|# CONFIG_[A-Za-z0-9_]+ is not set)$')
+
+
 class BuildSpec(BaseModel):
     """What a developer asks to build."""
 
@@ -48,6 +71,26 @@ class BuildSpec(BaseModel):
     server: str | None = None
     #: only servers carrying all these labels may build it (e.g. ``{"team": "bsp"}``)
     labels: dict[str, str] = Field(default_factory=dict)
+    #: None: ``kernel`` when a config target is given, else ``make``
+    kind: BuildKind | None = None
+    #: kconfig lines merged after the config target and the fragment files (a fragment
+    #: given inline, e.g. ``["CONFIG_PRINTK=y"]``); kernel builds only
+    config_options: list[str] = Field(default_factory=list)
+    backend: BuildBackend = BuildBackend.MAKE
+
+    @property
+    def build_kind(self) -> BuildKind:
+        return self.kind or (BuildKind.KERNEL if self.config else BuildKind.MAKE)
+
+    @field_validator("config_options")
+    @classmethod
+    def _kconfig_lines(cls, v: list[str]) -> list[str]:
+        out = [line.strip() for line in v]
+        for line in out:
+            if not _KCONFIG_LINE.match(line):
+                raise ValueError(f"{line!r} is no kconfig line (write CONFIG_NAME=y, "
+                                 "CONFIG_NAME=\"text\" or # CONFIG_NAME is not set)")
+        return out
 
     # These strings end up as arguments of git and make on a build server: a leading "-"
     # would be read as an option, and artifact paths must stay inside the source tree.
@@ -126,6 +169,9 @@ class ArtifactInfo(BaseModel):
     sha256: str
     object_name: str
     bucket: str
+    #: where and how it was built (build id, repository, ref, commit, arch, config,
+    #: toolchain, server); also kept as the object's headers in the store
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class BuildSucceeded(Event):
@@ -136,6 +182,8 @@ class BuildSucceeded(Event):
     duration_s: float
     artifacts: list[ArtifactInfo]
     attempt: int = 1
+    #: the compiler that built it, as ``gcc --version`` names itself
+    toolchain: str = ""
 
 
 class BuildFailed(Event):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError
 
 BUCKET = "artifacts"
@@ -39,6 +39,13 @@ class _SftpReader(io.RawIOBase):
         self.sha256.update(data)
         self.size += n
         return n
+
+
+def object_headers(metadata: dict[str, str]) -> dict[str, list[str]]:
+    """The build's metadata as the object's headers (``Labfleet-Toolchain: gcc …``), in
+    the multi-value form other NATS clients read."""
+    return {"Labfleet-" + "-".join(w.capitalize() for w in k.split("_")): [v]
+            for k, v in metadata.items()}
 
 
 @dataclass(frozen=True)
@@ -76,9 +83,11 @@ class ArtifactStore:
                 self._store = await js.object_store(self.bucket)
         return self._store
 
-    async def upload(self, object_name: str, remote_file: Any) -> Stored:
+    async def upload(self, object_name: str, remote_file: Any,
+                     metadata: dict[str, str] | None = None) -> Stored:
         reader = _SftpReader(remote_file, asyncio.get_running_loop())
-        info = await (await self._open()).put(object_name, reader)
+        meta = ObjectMeta(name=object_name, headers=object_headers(metadata)) if metadata else None
+        info = await (await self._open()).put(object_name, reader, meta=meta)
         digest = (info.digest or "").split("=", 1)[-1]
         stored = base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex() if digest else ""
         return Stored(object_name=object_name, size=reader.size,

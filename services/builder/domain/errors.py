@@ -17,6 +17,9 @@ _CULPRITS = (
 )
 #: lines the builder itself writes into the log
 NOTE_PREFIX = "[labfleet]"
+#: what the kernel configure step prints, and exits with, for an option Kconfig dropped
+DROPPED_PREFIX = "labfleet: option not applied:"
+OPTIONS_DROPPED = 3
 
 
 @dataclass
@@ -61,7 +64,23 @@ def step_failed(step: str, exit_status: int | None, tail: Sequence[str]) -> Buil
         return BuildError("checkout_failed", f"checking out the commit failed ({status})"
                           f"{suffix}", details=details)
     if step == "configure":
+        dropped = [line.split(DROPPED_PREFIX, 1)[1].strip() for line in tail
+                   if DROPPED_PREFIX in line]
+        if exit_status == OPTIONS_DROPPED and dropped:
+            return BuildError("config_option_dropped",
+                              "kernel options were not applied: " + "; ".join(dropped),
+                              hint="Kconfig drops an option whose dependencies are off: add "
+                                   "them to the fragment, or remove the option",
+                              details={**details, "dropped": dropped})
         return BuildError("configure_failed", f"configuring failed ({status}){suffix}",
                           hint="check the config target and fragments", details=details)
+    if step == "collect":
+        return BuildError("collect_failed", f"collecting the build's outputs failed "
+                          f"({status}){suffix}", hint="the log shows which output is missing",
+                          details=details)
+    if step == "tuxmake":
+        return BuildError("tuxmake_failed", f"tuxmake {status}{suffix}",
+                          hint="tuxmake's own log (build.log in its output) and the log tail "
+                               "show the cause", details=details)
     return BuildError("compile_failed", f"make {status}{suffix}",
                       hint="the log tail shows the compiler's messages", details=details)
