@@ -20,13 +20,16 @@ from labfleet.shared.events.resource import (
     ListResources,
     RegisterBuildServer,
     RegistrationReply,
+    Decommission,
     RemoveResource,
     ResourceListReply,
+    SetMaintenance,
+    SetResourceOptions,
     ResourceReply,
 )
 from pydantic import ValidationError
 
-from . import handlers
+from . import handlers, lifecycle_handlers
 from .handlers import InventoryDeps
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,9 @@ def register_commands(bus: Bus, deps: InventoryDeps) -> None:
     serve(bus, GetResource, ResourceReply, handlers.get_resource, deps)
     serve(bus, ListResources, ResourceListReply, handlers.list_resources, deps)
     serve(bus, RemoveResource, ResourceReply, handlers.remove_resource, deps)
+    serve(bus, SetMaintenance, ResourceReply, lifecycle_handlers.set_maintenance, deps)
+    serve(bus, SetResourceOptions, ResourceReply, lifecycle_handlers.set_options, deps)
+    serve(bus, Decommission, ResourceReply, lifecycle_handlers.decommission, deps)
     # asked by every monitor and builder for every host they log in to
     serve(bus, GetCredentials, CredentialsReply, handlers.get_credentials, deps,
           reveal_secrets=True, concurrency=16)

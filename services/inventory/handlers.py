@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncssh
+from labfleet.shared.bus import Bus
 from labfleet.shared.db import Database
 from labfleet.shared.events.resource import (
+    Arch,
+    BuildServerCapabilities,
     CredentialsReply,
     GetCredentials,
     GetResource,
@@ -35,10 +38,11 @@ from labfleet.shared.secrets import CredentialKeyMissing, SecretBox
 from labfleet.shared.ssh import Credentials, RemoteCommandFailed, SshError, fingerprint
 from pydantic import SecretStr
 
-from .adapters.detection import BuildServerProbe
+from .adapters.detection import BuildServerProbe, compile_failures
 from .adapters.repository import ResourceRepository, SealedCredentials, StoredResource
 from .domain.capabilities import UnreadableOutput, build_capabilities
 from .domain.errors import InventoryRefusal, not_found
+from .domain.readiness import broken_toolchain_refusal, check_disk, check_tools
 from .domain.toolchains import missing_toolchains
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,10 @@ class InventoryDeps:
     resources: ResourceRepository
     secrets: SecretBox
     probe: BuildServerProbe
+    #: a build server with less free disk is refused (LABFLEET_BUILD_MIN_DISK_GB)
+    min_disk_gb: float = 5.0
+    #: the bus, to ask the builder about active builds before decommissioning
+    bus: Bus | None = None
 
 
 # ---- registration -------------------------------------------------------------------
@@ -118,6 +126,9 @@ async def _register_build_server(cmd: RegisterBuildServer, deps: InventoryDeps) 
             details={"missing": [{"arch": m.arch.value, "compilers": list(m.compilers)}
                                  for m in missing],
                      "found": [t.model_dump() for t in capabilities.toolchains]})
+    check_tools(cmd.hostname, capabilities, cmd.build_configs)
+    check_disk(cmd.hostname, capabilities, deps.min_disk_gb)
+    await _check_compiles(cmd, deps, creds, host_key, capabilities, declared)
 
     view = ResourceView(
         resource_id=uuid.uuid4(), kind=ResourceKind.BUILD_SERVER, name=cmd.hostname,
@@ -137,6 +148,23 @@ async def _register_build_server(cmd: RegisterBuildServer, deps: InventoryDeps) 
             resource_id=view.resource_id, resource_name=view.name, address=cmd.address,
             port=cmd.ssh_port, username=cmd.username, host_key_fingerprint=presented)
     return view
+
+
+async def _check_compiles(cmd: RegisterBuildServer, deps: InventoryDeps, creds: Credentials,
+                          host_key: str, capabilities: BuildServerCapabilities,
+                          declared: list[Arch]) -> None:
+    compiler_of = {t.arch: t.compiler for t in capabilities.toolchains if t.arch in declared}
+    try:
+        failed = await compile_failures(
+            (cmd.address, cmd.ssh_port, creds, host_key), sorted(set(compiler_of.values())),
+            connect_timeout=deps.probe.connect_timeout,
+            command_timeout=deps.probe.command_timeout)
+    except SshError as exc:
+        raise _refusal_from_ssh(exc, cmd) from None
+    broken = {arch.value: (compiler, failed[compiler])
+              for arch, compiler in compiler_of.items() if compiler in failed}
+    if broken:
+        raise broken_toolchain_refusal(cmd.hostname, broken)
 
 
 def _unexpected(exc: Exception, cmd: RegisterBuildServer) -> InventoryRefusal:

@@ -4,6 +4,9 @@
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from pathlib import Path
 
 from labfleet.shared.secrets import SecretBox
@@ -14,8 +17,22 @@ from .adapters.detection import BuildServerProbe
 from .adapters.repository import ResourceRepository
 from .entrypoints import register_commands
 from .handlers import InventoryDeps
+from .lifecycle_handlers import apply_windows
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+#: how often scheduled maintenance windows are started and ended
+WINDOW_CHECK_S = 15.0
+
+log = logging.getLogger(__name__)
+
+
+async def _windows_loop(deps: InventoryDeps) -> None:
+    while True:
+        try:
+            await apply_windows(deps)
+        except Exception:  # noqa: BLE001 - retried at the next tick; the trace is logged
+            log.exception("applying maintenance windows failed")
+        await asyncio.sleep(WINDOW_CHECK_S)
 
 
 def create(settings: Settings) -> Service:
@@ -28,6 +45,21 @@ def create(settings: Settings) -> Service:
         secrets=SecretBox.from_settings(settings),
         probe=BuildServerProbe(connect_timeout=settings.ssh_connect_timeout_s,
                                command_timeout=settings.ssh_command_timeout_s),
+        min_disk_gb=settings.build_min_disk_gb,
+        bus=service.bus,
     )
     register_commands(service.bus, deps)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start_windows() -> None:
+        tasks.append(asyncio.create_task(_windows_loop(deps), name="maintenance-windows"))
+
+    async def stop_windows() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    service.on_start.append(start_windows)
+    service.on_stop.append(stop_windows)
     return service

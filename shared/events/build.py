@@ -276,6 +276,11 @@ class BuildView(BaseModel):
     #: while queued: place in the queue (1 = next) and the expected wait
     position: int | None = None
     estimated_start_s: float | None = None
+    #: kept by retention: a pinned or tagged build's artifacts are never deleted
+    pinned: bool = False
+    tags: list[str] = Field(default_factory=list)
+    #: when retention deleted the artifacts (the build's record stays)
+    artifacts_expired_at: datetime | None = None
 
 
 class BuildReply(Reply):
@@ -285,6 +290,10 @@ class BuildReply(Reply):
 class ListBuilds(Command):
     subject: ClassVar[str] = "build.cmd.list"
     limit: int = 100
+    #: only builds whose current attempt is (or was last) on this server
+    server_id: uuid.UUID | None = None
+    #: only builds not finished yet (queued, allocated, running)
+    active_only: bool = False
 
 
 class BuildListReply(Reply):
@@ -295,6 +304,46 @@ class CancelBuild(Command):
     subject: ClassVar[str] = "build.cmd.cancel"
     build_id: uuid.UUID
     reason: str = ""
+
+
+class PinBuild(Command):
+    """Keep (or stop keeping) a build's artifacts past the retention period; BuildReply."""
+
+    subject: ClassVar[str] = "build.cmd.pin"
+    build_id: uuid.UUID
+    pinned: bool = True
+    requested_by: str = ""
+
+
+class TagBuild(Command):
+    """Add (or with ``remove``, take away) tags; a tagged build is kept by retention."""
+
+    subject: ClassVar[str] = "build.cmd.tag"
+    build_id: uuid.UUID
+    tags: list[str] = Field(min_length=1)
+    remove: bool = False
+    requested_by: str = ""
+
+    @field_validator("tags")
+    @classmethod
+    def _plain_tags(cls, v: list[str]) -> list[str]:
+        out = []
+        for tag in v:
+            tag = tag.strip()
+            if not tag or len(tag) > 100 or any(c.isspace() or c == "," for c in tag):
+                raise ValueError(f"tag {tag!r} must be 1-100 characters without white space "
+                                 "or commas")
+            out.append(tag)
+        return out
+
+
+class ArtifactsExpired(Event):
+    """Retention deleted a build's artifacts (objects and metadata)."""
+
+    subject: ClassVar[str] = "artifact.expired"
+    build_id: uuid.UUID
+    names: list[str] = Field(default_factory=list)
+    bytes_freed: int = 0
 
 
 class ListArtifacts(Command):

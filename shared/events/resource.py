@@ -112,6 +112,18 @@ class SshTarget(BaseModel):
     host_key_fingerprint: str | None = None
 
 
+class MaintenanceWindow(BaseModel):
+    """A maintenance period set by an admin; ``start`` None = now, ``end`` None = until lifted."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    reason: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    set_by: str = ""
+    set_at: datetime | None = None
+
+
 class ResourceView(BaseModel):
     """What other services may know about a resource (no credentials)."""
 
@@ -129,6 +141,10 @@ class ResourceView(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     lifecycle: Lifecycle = Lifecycle.ACTIVE
     registered_at: datetime | None = None
+    #: the current or next maintenance window (lifecycle says whether it is in force)
+    maintenance: MaintenanceWindow | None = None
+    #: the admin asked that no new builds go here while its disk is under the warning level
+    pause_on_low_disk: bool = False
 
 
 # ---- events -------------------------------------------------------------------------
@@ -208,6 +224,36 @@ class RemoveResource(Command):
     subject: ClassVar[str] = "resource.cmd.remove"
     resource_id: uuid.UUID
     #: who asked, for the audit record
+    requested_by: str = ""
+
+
+class SetMaintenance(Command):
+    """Put a resource in maintenance (now, or for a window) or take it out; ResourceReply."""
+
+    subject: ClassVar[str] = "resource.cmd.set_maintenance"
+    resource_id: uuid.UUID
+    on: bool
+    reason: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    requested_by: str = ""
+
+
+class Decommission(Command):
+    """Retire a resource for good; refused while it has active work unless ``force``."""
+
+    subject: ClassVar[str] = "resource.cmd.decommission"
+    resource_id: uuid.UUID
+    force: bool = False
+    requested_by: str = ""
+
+
+class SetResourceOptions(Command):
+    """Per-resource admin settings (today: pause new builds while disk is low); ResourceReply."""
+
+    subject: ClassVar[str] = "resource.cmd.set_options"
+    resource_id: uuid.UUID
+    pause_on_low_disk: bool | None = None
     requested_by: str = ""
 
 

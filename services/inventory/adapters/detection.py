@@ -84,3 +84,40 @@ class BuildServerProbe:
             await pool.close()
         return HostFacts(nproc=nproc, machine=machine, cpuinfo=cpuinfo, meminfo=meminfo, df=df,
                          work_dir=cwd.strip(), versions={p: v for p, v in versions if v})
+
+
+#: compiled by every declared architecture's compiler at registration: answering
+#: ``--version`` is not enough (a missing libc header or assembler breaks real builds)
+PROBE_SOURCE = "int labfleet_probe(int x) { return x * 2; }\n"
+
+
+async def compile_failures(pool_args: tuple[str, int, Credentials, str], compilers: Sequence[str],
+                           *, connect_timeout: float, command_timeout: float) -> dict[str, str]:
+    """Compile a one-line C file with each compiler in a temporary directory on the host.
+
+    Returns compiler → why it failed (absent when it compiled); the directory is removed.
+    """
+    address, port, creds, host_key = pool_args
+    pool = SshPool(connect_timeout=connect_timeout, command_timeout=command_timeout)
+    failures: dict[str, str] = {}
+    try:
+        tmp = str((await pool.run(address, port, creds, host_key,
+                                  ["mktemp", "-d", "-t", "labfleet-probe.XXXXXX"])).stdout
+                  or "").strip()
+        try:
+            source = f"{tmp}/probe.c"
+            # the file arrives on stdin: nothing is spliced into a shell line
+            await pool.run(address, port, creds, host_key, ["tee", source], input=PROBE_SOURCE)
+            for compiler in compilers:
+                result = await pool.run(
+                    address, port, creds, host_key,
+                    [compiler, "-c", "-o", f"{tmp}/probe-{compiler}.o", source], check=False)
+                if result.exit_status != 0:
+                    said = (str(result.stderr or "") + str(result.stdout or "")).strip()
+                    failures[compiler] = (f"exit status {result.exit_status}"
+                                          + (f": {said[-300:]}" if said else ""))
+        finally:
+            await pool.run(address, port, creds, host_key, ["rm", "-rf", "--", tmp], check=False)
+    finally:
+        await pool.close()
+    return failures

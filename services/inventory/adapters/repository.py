@@ -16,6 +16,7 @@ from labfleet.shared.db import Database, Transaction
 from labfleet.shared.events.resource import (
     BuildServerCapabilities,
     Lifecycle,
+    MaintenanceWindow,
     ResourceKind,
     ResourceView,
     SshTarget,
@@ -24,7 +25,8 @@ from labfleet.shared.events.resource import (
 from ..domain.errors import InventoryRefusal
 
 _COLUMNS = ("id, kind, name, address, port, username, host_key, host_key_fingerprint, "
-            "architectures, build_configs, capabilities, labels, lifecycle, registered_at")
+            "architectures, build_configs, capabilities, labels, lifecycle, registered_at, "
+            "maintenance, pause_on_low_disk")
 
 
 @dataclass
@@ -59,6 +61,9 @@ def _view(row: asyncpg.Record) -> ResourceView:
         labels=json.loads(row["labels"]),
         lifecycle=Lifecycle(row["lifecycle"]),
         registered_at=row["registered_at"],
+        maintenance=(MaintenanceWindow.model_validate_json(row["maintenance"])
+                     if row["maintenance"] else None),
+        pause_on_low_disk=row["pause_on_low_disk"],
     )
 
 
@@ -97,12 +102,14 @@ class ResourceRepository:
         try:
             await tx.execute(
                 f"INSERT INTO resources ({_COLUMNS}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
                 v.resource_id, v.kind.value, v.name, v.ssh.address, v.ssh.port, v.ssh.username,
                 v.ssh.host_key, v.ssh.host_key_fingerprint,
                 [a.value for a in v.architectures], v.build_configs,
                 v.capabilities.model_dump_json() if v.capabilities else None,
-                json.dumps(v.labels), v.lifecycle.value, v.registered_at)
+                json.dumps(v.labels), v.lifecycle.value, v.registered_at,
+                v.maintenance.model_dump_json() if v.maintenance else None,
+                v.pause_on_low_disk)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "resources_name_unique":
                 raise duplicate_name(v.name) from None
@@ -135,6 +142,32 @@ class ResourceRepository:
             return None
         return StoredResource(_view(row), SealedCredentials(row["password_sealed"],
                                                             row["private_key_sealed"]))
+
+    async def lock(self, tx: Transaction, resource_id: uuid.UUID) -> ResourceView | None:
+        row = await tx.fetchrow(f"SELECT {_COLUMNS} FROM resources WHERE id = $1 FOR UPDATE",
+                                resource_id)
+        return _view(row) if row else None
+
+    async def set_lifecycle(self, tx: Transaction, resource_id: uuid.UUID, lifecycle: Lifecycle,
+                            maintenance: MaintenanceWindow | None) -> ResourceView:
+        row = await tx.fetchrow(
+            f"UPDATE resources SET lifecycle = $2, maintenance = $3, updated_at = now() "
+            f"WHERE id = $1 RETURNING {_COLUMNS}", resource_id, lifecycle.value,
+            maintenance.model_dump_json() if maintenance else None)
+        return _view(row)
+
+    async def set_pause_on_low_disk(self, tx: Transaction, resource_id: uuid.UUID,
+                                    pause: bool) -> ResourceView:
+        row = await tx.fetchrow(
+            f"UPDATE resources SET pause_on_low_disk = $2, updated_at = now() "
+            f"WHERE id = $1 RETURNING {_COLUMNS}", resource_id, pause)
+        return _view(row)
+
+    async def with_maintenance(self, tx: Transaction) -> list[ResourceView]:
+        """Resources that have a maintenance window (current or upcoming), locked."""
+        rows = await tx.fetch(f"SELECT {_COLUMNS} FROM resources WHERE maintenance IS NOT NULL "
+                              "ORDER BY id FOR UPDATE")
+        return [_view(r) for r in rows]
 
     async def remove(self, tx: Transaction, resource_id: uuid.UUID) -> ResourceView | None:
         row = await tx.fetchrow(f"DELETE FROM resources WHERE id = $1 RETURNING {_COLUMNS}",

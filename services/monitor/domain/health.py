@@ -4,6 +4,8 @@
   work area under ``disk_warning_gb``), with the warnings saying which;
 * ``offline_after_failures`` failed polls in a row → ``offline``; fewer leave the status
   as it was (one lost poll is not an outage) — the last good sample and its time stay;
+* a host presenting another host key than the one pinned → ``offline`` at once, with the
+  reason starting ``host_key_changed`` (possible interception: never retried quietly);
 * a resource in maintenance is ``maintenance`` whatever its polls say.
 
 Only a change of status is a transition (``HealthChanged``); the caller persists the
@@ -15,6 +17,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from labfleet.shared.events.health import HealthStatus, HostSample
+
+
+#: the failure code (and reason prefix) of a host whose key no longer matches the pinned one
+HOST_KEY_CHANGED = "host_key_changed"
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,10 @@ def judge(state: HealthState, outcome: PollOutcome, policy: HealthPolicy, *,
         failures = state.consecutive_failures + 1
         new = replace(state, consecutive_failures=failures)
         at = outcome.at
-        if failures >= policy.offline_after_failures:
+        if outcome.code == HOST_KEY_CHANGED:
+            new = replace(new, status=HealthStatus.OFFLINE,
+                          reason=f"{HOST_KEY_CHANGED}: {outcome.message}")
+        elif failures >= policy.offline_after_failures:
             new = replace(new, status=HealthStatus.OFFLINE,
                           reason=f"{failures} polls failed in a row; last ({outcome.code}): "
                                  f"{outcome.message}")
