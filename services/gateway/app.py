@@ -21,11 +21,13 @@ from .context import Gateway
 from .deps import LoginRequired
 from .domain.errors import ApiError
 from .routes import (
+    api_alerts,
     api_artifacts,
     api_build_servers,
     api_builds,
     api_environments,
     api_tokens,
+    pages_alerts,
     pages_auth,
     pages_builds,
     pages_environments,
@@ -132,12 +134,12 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     route_templates: dict[Any, str] = {}
     for module in (api_build_servers, api_builds, api_artifacts, api_environments,
-                   api_tokens):
+                   api_tokens, api_alerts):
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
     app.include_router(api)
     for router in (system.router, pages_auth.router, pages_servers.router, pages_builds.router,
-                   pages_environments.router):
+                   pages_environments.router, pages_alerts.router):
         app.include_router(router)
         route_templates.update(_templates(router, ""))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -55,7 +55,8 @@ from .models import (
 )
 
 #: the services whose liveness ``/healthz`` reports
-SERVICES = ("gateway", "inventory", "monitor", "scheduler", "builder", "deployer")
+SERVICES = ("gateway", "inventory", "monitor", "scheduler", "builder", "deployer",
+            "alerter")
 
 #: registration probes SSH and runs detection commands: allow for slow hosts
 REGISTER_TIMEOUT_S = 90.0

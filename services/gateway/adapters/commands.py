@@ -30,6 +30,7 @@ ANSWERED_BY: tuple[tuple[str, str], ...] = (
     ("env.cmd.create", "scheduler"),
     ("env.cmd.hosts", "scheduler"),
     ("env.cmd.", "deployer"),
+    ("alert.cmd.", "alerter"),
 )
 
 
