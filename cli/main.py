@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "health",
     "lab",
     "env",
+    "alert",
 )
 
 

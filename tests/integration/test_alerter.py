@@ -434,3 +434,31 @@ async def test_rules_and_targets_refuse_bad_input_and_never_show_secrets(
     dup = await ask(nc, SaveAlertTarget(target=TargetSpec(
         name=f"t-{unique}", kind=TargetKind.EMAIL, addresses=["a@b.c"])), TargetReply)
     assert not dup.ok and dup.error.code == "target_name_taken"
+
+
+async def test_cli_lists_rules_and_alerts_and_acknowledges(
+        alerter: Service, nc: Any, events: AlertEvents, nats_url: str, unique: str) -> None:
+    import os
+    import sys
+
+    server = await register_resource(nc, f"cli-{unique}", {})
+    await publish(nc, health(server, HealthStatus.OFFLINE, HealthStatus.ONLINE, "link down"))
+    raised = await events.wait(server.resource_id, "alert.raised", 15)
+    assert raised
+    env = {**os.environ, "LABFLEET_NATS_URL": nats_url}
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "labfleet.cli.main", "alert", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return proc.returncode or 0, out.decode()
+
+    code, out = await cli("list")
+    assert code == 0 and f"cli-{unique} is unreachable" in out, out
+    code, out = await cli("rules")
+    assert code == 0 and "hosts unreachable" in out, out
+    code, out = await cli("ack", str(raised[0][2].alert_id), "--by", "oncall")
+    assert code == 0 and "acknowledged" in out, out
+    code, out = await cli("ack", str(uuid.uuid4()))
+    assert code == 1 and "there is no alert" in out, out
