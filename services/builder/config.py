@@ -19,3 +19,5 @@ class BuilderConfig(BaseSettings):
     keep_build_dirs: bool = False
     #: a cancel waits this long for the running build to stop before replying
     cancel_wait_s: float = 15.0
+    #: how often artifacts past LABFLEET_ARTIFACT_RETENTION_DAYS are looked for and deleted
+    retention_interval_s: float = 3600.0

@@ -13,10 +13,12 @@ from labfleet.shared.events.build import (
     GetBuild,
     ListArtifacts,
     ListBuilds,
+    PinBuild,
+    TagBuild,
 )
 from labfleet.shared.events.request import RequestQueued
 
-from . import handlers, run_build
+from . import handlers, retention, run_build
 from .deps import BuilderDeps
 
 
@@ -54,3 +56,11 @@ def register(bus: Bus, deps: BuilderDeps) -> None:
     @bus.on_command(ListArtifacts)
     async def artifacts(cmd: ListArtifacts) -> ArtifactListReply:
         return await handlers.list_artifacts(cmd, deps)
+
+    @bus.on_command(PinBuild)
+    async def pin(cmd: PinBuild) -> BuildReply:
+        return await retention.pin_build(cmd, deps)
+
+    @bus.on_command(TagBuild)
+    async def tag(cmd: TagBuild) -> BuildReply:
+        return await retention.tag_build(cmd, deps)

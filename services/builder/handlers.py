@@ -28,6 +28,7 @@ from labfleet.shared.events.envelope import ErrorInfo
 from labfleet.shared.events.request import RequestQueued
 from labfleet.shared.ssh import RemoteCommandFailed
 
+from .adapters import marks
 from .adapters import repository as repo
 from .adapters.inventory import CredentialsUnavailable, server_access
 from .adapters.log_stream import BuildLog
@@ -88,12 +89,17 @@ async def get_build(cmd: GetBuild, deps: BuilderDeps) -> BuildReply:
     if view is None:
         return error_reply(BuildReply, "not_found", f"no build has the id {cmd.build_id}",
                            hint="list builds with build.cmd.list", field_name="build_id")
-    return BuildReply(ok=True, build=view)
+    return BuildReply(ok=True, build=(await marks.with_marks(deps.db, [view]))[0])
 
 
 async def list_builds(cmd: ListBuilds, deps: BuilderDeps) -> BuildListReply:
     limit = max(1, min(cmd.limit, 1000))
-    return BuildListReply(ok=True, builds=await repo.recent_views(deps.db, limit))
+    if cmd.server_id is not None or cmd.active_only:
+        views = await marks.views_where(deps.db, server_id=cmd.server_id,
+                                        active_only=cmd.active_only, limit=limit)
+    else:
+        views = await repo.recent_views(deps.db, limit)
+    return BuildListReply(ok=True, builds=await marks.with_marks(deps.db, views))
 
 
 async def cancel_build(cmd: CancelBuild, deps: BuilderDeps) -> BuildReply:

@@ -1,6 +1,8 @@
 """Bootstrap: wire the builder's dependencies and subscribers into a Service."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
 
 from labfleet.shared.service import Service
@@ -12,6 +14,7 @@ from .adapters.history import CompileHistories
 from .config import BuilderConfig
 from .deps import BuilderDeps
 from .entrypoints import register
+from .retention import retention_loop
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -27,6 +30,20 @@ def create(settings: Settings, config: BuilderConfig | None = None) -> Service:
                        settings=settings, instance=svc.instance,
                        histories=CompileHistories(lambda: svc.bus.js))
     register(svc.bus, deps)
+    retention: list[asyncio.Task[None]] = []
+
+    async def start_retention() -> None:
+        retention.append(asyncio.create_task(
+            retention_loop(deps, config.retention_interval_s), name="artifact-retention"))
+
+    async def stop_retention() -> None:
+        for task in retention:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    svc.on_start.append(start_retention)
+    svc.on_stop.append(stop_retention)
     # stop hooks run last-added first: running builds stop (unacknowledged, so they are
     # picked up again) before their SSH connections close under them
     svc.on_stop.append(ssh.close)

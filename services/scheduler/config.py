@@ -11,8 +11,9 @@ class SchedulerConfig(BaseSettings):
     build_slots: int = 1
     #: allocations per build: the first plus retries after a lost server
     max_build_attempts: int = 3
-    #: below this much free disk a server takes no new build; None = the monitor's warning
-    #: threshold (``LABFLEET_DISK_WARNING_GB``)
+    #: below this much free disk a server takes no new build; None = the registration
+    #: minimum (``LABFLEET_BUILD_MIN_DISK_GB``); servers paused on low disk stop at
+    #: ``LABFLEET_DISK_WARNING_GB``
     min_free_disk_gb: float | None = None
     sample_max_age_s: float = 120.0
 

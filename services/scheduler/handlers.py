@@ -182,8 +182,11 @@ async def host_sampled(event: HostSampled, deps: SchedulerDeps) -> None:
         return
     async with deps.db.transaction() as tx:
         before = await repo.set_sample(tx, sample)
-        minimum = deps.policy.min_free_disk_gb
-        if (before is None or before < minimum) and sample.disk_free_gb >= minimum:
+        levels = [deps.policy.min_free_disk_gb]
+        if deps.policy.disk_warning_gb is not None:
+            levels.append(deps.policy.disk_warning_gb)
+        if any((before is None or before < level) and sample.disk_free_gb >= level
+               for level in levels):
             await lock_pool(tx)
             await _replan(tx, deps)
 

@@ -22,8 +22,11 @@ def create(settings: Settings, config: SchedulerConfig | None = None) -> Service
     svc = Service.create("scheduler", settings, migrations=MIGRATIONS)
     assert svc.db is not None
     min_disk = config.min_free_disk_gb
+    # under the registration minimum no server builds; under the warning level only those
+    # the admin set to pause on low disk
     policy = PlacementPolicy(
-        min_free_disk_gb=settings.disk_warning_gb if min_disk is None else min_disk,
+        min_free_disk_gb=settings.build_min_disk_gb if min_disk is None else min_disk,
+        disk_warning_gb=settings.disk_warning_gb,
         sample_max_age_s=config.sample_max_age_s)
     register(svc.bus, SchedulerDeps(db=svc.db, config=config, policy=policy))
     env_config = EnvPlacementConfig()

@@ -108,7 +108,8 @@ def _server_state(row: asyncpg.Record, default_slots: int) -> BuildServerState:
         health=HealthStatus(row["status"]) if row["status"] else HealthStatus.UNKNOWN,
         cpu_cores=(caps.cpu_cores if caps else None) or row["cpu_cores"] or 1,
         slots=max(0, slots), running=int(row["running"]),
-        sample=sample, registered_disk_free_gb=caps.disk_free_gb if caps else None)
+        sample=sample, registered_disk_free_gb=caps.disk_free_gb if caps else None,
+        pause_on_low_disk=view.pause_on_low_disk)
 
 
 # ---- the queue --------------------------------------------------------------------------

@@ -33,6 +33,8 @@ class Outcome(StrEnum):
 @dataclass(frozen=True)
 class PlacementPolicy:
     min_free_disk_gb: float = 10.0
+    #: servers set to pause on low disk take no build under this much free disk
+    disk_warning_gb: float | None = None
     #: a sample older than this says nothing about the load now
     sample_max_age_s: float = 120.0
 
@@ -127,7 +129,7 @@ def select_build_server(
         if server.server_id in avoid_effective:
             reasons.append("a previous attempt lost this server; others are preferred")
         capable = not reasons
-        unavailable = availability_problems(server, policy.min_free_disk_gb)
+        unavailable = availability_problems(server, policy.min_free_disk_gb, policy.disk_warning_gb)
         util = utilization(server, now, policy)
         estimate = estimates.get(server.server_id, typical)
         score = (estimate if estimate is not None else 1.0) * (1.0 + util)

@@ -40,6 +40,8 @@ class BuildServerState:
     sample: LoadSample | None = None
     #: free disk known from registration, used until a sample arrives
     registered_disk_free_gb: float | None = None
+    #: the admin asked for no new builds while the disk is under the warning level
+    pause_on_low_disk: bool = False
 
     def supports(self, arch: Arch) -> bool:
         return arch in self.toolchains and (not self.declared or arch in self.declared)
@@ -78,8 +80,13 @@ def capability_problems(spec: BuildSpec, server: BuildServerState) -> list[str]:
     return problems
 
 
-def availability_problems(server: BuildServerState, min_free_disk_gb: float) -> list[str]:
-    """Why the server cannot take a build now (empty: it can)."""
+def availability_problems(server: BuildServerState, min_free_disk_gb: float,
+                          disk_warning_gb: float | None = None) -> list[str]:
+    """Why the server cannot take a build now (empty: it can).
+
+    Under ``min_free_disk_gb`` no server takes a build; under ``disk_warning_gb`` only those
+    whose admin chose to pause them on low disk refuse.
+    """
     problems: list[str] = []
     if server.lifecycle != Lifecycle.ACTIVE:
         problems.append(f"in {server.lifecycle}")
@@ -89,4 +96,8 @@ def availability_problems(server: BuildServerState, min_free_disk_gb: float) -> 
     disk = server.disk_free_gb()
     if disk is not None and disk < min_free_disk_gb:
         problems.append(f"disk low: {disk:.1f} GB free, {min_free_disk_gb:g} GB needed")
+    elif (disk is not None and server.pause_on_low_disk and disk_warning_gb is not None
+          and disk < disk_warning_gb):
+        problems.append(f"paused on low disk: {disk:.1f} GB free, under the "
+                        f"{disk_warning_gb:g} GB warning level")
     return problems

@@ -70,7 +70,7 @@ def check_submission(spec: BuildSpec, pool: Sequence[BuildServerState], decision
             message=f"build server {server.name} cannot build this: {'; '.join(static)}",
             hint=_hint(alternatives), details={"alternatives": list(alternatives)}),
             alternatives)
-    unavailable = availability_problems(server, policy.min_free_disk_gb)
+    unavailable = availability_problems(server, policy.min_free_disk_gb, policy.disk_warning_gb)
     if unavailable:
         raise Rejection(ErrorInfo(
             code=_availability_code(server, policy),
