@@ -380,7 +380,7 @@ async def test_healthz_reports_each_service_up_or_down(gateway: RunningGateway) 
             return fixed(Pong(service=name, instance="test", started_at=datetime.now(UTC),
                               version="0"))
 
-        names = ("inventory", "monitor", "scheduler", "builder", "deployer")
+        names = ("inventory", "monitor", "scheduler", "builder", "deployer", "alerter")
         async with responder(gateway.nc, "system.cmd.ping.inventory", pong("inventory")), \
                 responder(gateway.nc, "system.cmd.ping.monitor", pong("monitor")), \
                 responder(gateway.nc, "system.cmd.ping.scheduler", pong("scheduler")):
@@ -388,7 +388,8 @@ async def test_healthz_reports_each_service_up_or_down(gateway: RunningGateway) 
             assert partly.status_code == 503
             assert partly.json()["services"]["builder"]["status"] == "down"
             async with responder(gateway.nc, "system.cmd.ping.builder", pong("builder")), \
-                    responder(gateway.nc, "system.cmd.ping.deployer", pong("deployer")):
+                    responder(gateway.nc, "system.cmd.ping.deployer", pong("deployer")), \
+                    responder(gateway.nc, "system.cmd.ping.alerter", pong("alerter")):
                 all_up = await http.get("/healthz")
         assert all_up.status_code == 200, all_up.text
         assert all_up.json()["status"] == "ok"
