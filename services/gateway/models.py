@@ -19,6 +19,7 @@ from labfleet.shared.events.resource import (
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .adapters.state import HealthState
+from .domain.history import duration_s as build_duration
 
 
 class ErrorBody(BaseModel):
@@ -77,6 +78,66 @@ class BuildServerPublic(BaseModel):
 class BuildServerDetail(BuildServerPublic):
     history: list[HostSample] = Field(default_factory=list)
     history_error: ErrorInfo | None = None
+    #: the newest builds placed on this server, newest first
+    builds: list[BuildPublic] = Field(default_factory=list)
+    builds_error: ErrorInfo | None = None
+    average_build_times: list[dict[str, object]] = Field(default_factory=list)
+    current_builds: list[BuildPublic] = Field(default_factory=list)
+    #: builds waiting for a server that this one could take
+    queue_depth: int = 0
+
+
+class MaintenanceSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    on: bool = True
+    reason: str = Field(default="", max_length=500)
+    start: datetime | None = Field(default=None, description="default: now")
+    end: datetime | None = Field(default=None, description="default: until lifted")
+
+
+class ServerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pause_on_low_disk: bool | None = Field(
+        default=None, description="no new builds while free disk is under the warning level")
+
+
+class MaintenanceEntry(BaseModel):
+    server_id: uuid.UUID
+    name: str
+    lifecycle: Lifecycle
+    in_force: bool
+    reason: str
+    start: datetime | None
+    end: datetime | None
+    set_by: str
+    cpu_cores: int
+    build_slots: int
+
+
+class MaintenanceOverview(BaseModel):
+    windows: list[MaintenanceEntry]
+    total_servers: int
+    total_cores: int
+    #: what maintenance takes away now, and what the upcoming windows will
+    servers_in_maintenance: int
+    cores_in_maintenance: int
+    upcoming_servers: int
+    upcoming_cores: int
+
+
+class BuildTags(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tags: list[str] = Field(min_length=1)
+    remove: bool = False
+
+
+class BuildPin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pinned: bool = True
 
 
 class BuildServerPage(BaseModel):
@@ -125,6 +186,12 @@ class BuildPublic(BaseModel):
     finished_at: datetime | None
     artifacts: list[ArtifactPublic]
     log_url: str
+    duration_s: float | None = None
+    pinned: bool = False
+    tags: list[str] = Field(default_factory=list)
+    artifacts_expired_at: datetime | None = None
+    #: where each artifact is stored (object store bucket / object name)
+    artifact_locations: list[str] = Field(default_factory=list)
 
     @classmethod
     def build(cls, view: BuildView) -> BuildPublic:
@@ -135,7 +202,16 @@ class BuildPublic(BaseModel):
                    finished_at=view.finished_at,
                    artifacts=[artifact_public(view.build_id, a.name, a.size, a.sha256)
                               for a in view.artifacts],
-                   log_url=f"/api/v1/builds/{view.build_id}/log")
+                   log_url=f"/api/v1/builds/{view.build_id}/log",
+                   duration_s=build_duration(view), pinned=view.pinned, tags=view.tags,
+                   artifacts_expired_at=view.artifacts_expired_at,
+                   artifact_locations=[f"{a.bucket}/{a.object_name}" for a in view.artifacts])
+
+
+class BuildDetail(BuildPublic):
+    #: the build server's CPU and memory while the build ran (from the monitor's samples)
+    resource_usage: dict[str, object] | None = None
+    resource_usage_error: ErrorInfo | None = None
 
 
 def artifact_public(build_id: uuid.UUID, name: str, size: int, sha256: str) -> ArtifactPublic:
@@ -180,3 +256,6 @@ class ServiceLiveness(BaseModel):
 class HealthReport(BaseModel):
     status: str  # "ok" | "degraded"
     services: dict[str, ServiceLiveness]
+
+
+BuildServerDetail.model_rebuild()

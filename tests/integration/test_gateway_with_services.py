@@ -59,7 +59,12 @@ async def test_register_through_the_api_then_watch_it_live(
             assert detail["status"] in ("online", "degraded"), detail
             listed = await api.get("/api/v1/build-servers", params={"q": f"gw-{unique}"})
             assert [s["id"] for s in listed.json()["items"]] == [server_id]
-            removed = await api.delete(f"/api/v1/build-servers/{server_id}")
+            # no builder runs here to vouch that no build is active: decommission by force
+            busy = await api.delete(f"/api/v1/build-servers/{server_id}")
+            assert busy.status_code == 409, busy.text
+            assert busy.json()["error"]["code"] == "active_builds_unknown"
+            removed = await api.delete(f"/api/v1/build-servers/{server_id}",
+                                       params={"force": "true"})
             assert removed.status_code == 204, removed.text
     finally:
         await monitor.stop()

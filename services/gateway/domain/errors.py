@@ -37,9 +37,13 @@ class ApiError(Exception):
                    **info.details)
 
 
+#: refusals because of work in progress (decommissioning a busy server)
+BUSY_CODES = frozenset({"active_builds", "active_builds_unknown"})
+
+
 def status_for_code(code: str) -> int:
     """409 for duplicates, 404 for unknown things, 422 for every other refusal."""
-    if code.startswith("duplicate") or code.endswith("_conflict"):
+    if code.startswith("duplicate") or code.endswith("_conflict") or code in BUSY_CODES:
         return 409
     if code in NOT_FOUND_CODES or code.endswith("_not_found"):
         return 404

@@ -1,4 +1,4 @@
-"""``/api/v1/build-servers``: register, list, show, remove."""
+"""``/api/v1/build-servers``: register, list, show, maintenance, options, decommission."""
 from __future__ import annotations
 
 import uuid
@@ -6,9 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from .. import handlers
+from .. import fleet, handlers
 from ..deps import CurrentUser, GatewayDep
-from ..models import BuildServerCreate, BuildServerDetail, BuildServerPage, BuildServerPublic
+from ..models import (
+    BuildServerCreate,
+    BuildServerDetail,
+    BuildServerPage,
+    BuildServerPublic,
+    MaintenanceOverview,
+    MaintenanceSet,
+    ServerOptions,
+)
 
 router = APIRouter(prefix="/build-servers", tags=["build servers"])
 
@@ -37,14 +45,39 @@ async def list_servers(gw: GatewayDep, _: CurrentUser,
                            size=window.size)
 
 
+@router.get("/maintenance", response_model=MaintenanceOverview)
+async def maintenance(gw: GatewayDep, _: CurrentUser) -> MaintenanceOverview:
+    """Current and upcoming maintenance windows with the capacity they take away."""
+    return await fleet.maintenance_overview(gw)
+
+
 @router.get("/{server_id}", response_model=BuildServerDetail)
 async def show(server_id: uuid.UUID, gw: GatewayDep, _: CurrentUser) -> BuildServerDetail:
-    return await handlers.build_server_detail(gw, server_id)
+    """The server with its samples, build history, average build times, current builds
+    and the number of waiting builds it could take."""
+    return await fleet.server_detail(gw, server_id)
+
+
+@router.post("/{server_id}/maintenance", response_model=BuildServerPublic)
+async def set_maintenance(server_id: uuid.UUID, body: MaintenanceSet, gw: GatewayDep,
+                          user: CurrentUser) -> BuildServerPublic:
+    """``on``: no new builds (running ones finish, queued ones go elsewhere), now or for the
+    window ``start``–``end``; ``on: false`` lifts it."""
+    return await fleet.set_maintenance(gw, server_id, body, user)
+
+
+@router.patch("/{server_id}/options", response_model=BuildServerPublic)
+async def set_options(server_id: uuid.UUID, body: ServerOptions, gw: GatewayDep,
+                      user: CurrentUser) -> BuildServerPublic:
+    return await fleet.set_options(gw, server_id, body.pause_on_low_disk, user)
 
 
 @router.delete("/{server_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def remove(server_id: uuid.UUID, gw: GatewayDep, user: CurrentUser) -> Response:
-    await handlers.remove_build_server(gw, server_id, user)
+async def remove(server_id: uuid.UUID, gw: GatewayDep, user: CurrentUser,
+                 force: Annotated[bool, Query(description="even with active builds")] = False
+                 ) -> Response:
+    """Decommission: refused (409) while builds run there, unless ``force``."""
+    await fleet.decommission(gw, server_id, force, user)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

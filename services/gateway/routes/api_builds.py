@@ -1,4 +1,4 @@
-"""``/api/v1/builds``: submit, list, show, cancel, and the build's log."""
+"""``/api/v1/builds``: submit, list, show, cancel, pin, tag, and the build's log."""
 from __future__ import annotations
 
 import uuid
@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from .. import handlers
+from .. import fleet, handlers
 from ..adapters.state import read_log
 from ..deps import CurrentUser, GatewayDep
-from ..models import BuildAccepted, BuildCreate, BuildPublic
+from ..models import BuildAccepted, BuildCreate, BuildDetail, BuildPin, BuildPublic, BuildTags
 
 router = APIRouter(prefix="/builds", tags=["builds"])
 
@@ -32,9 +32,25 @@ async def list_builds(gw: GatewayDep, _: CurrentUser,
     return [BuildPublic.build(b) for b in await handlers.list_builds(gw, limit)]
 
 
-@router.get("/{build_id}", response_model=BuildPublic)
-async def show(build_id: uuid.UUID, gw: GatewayDep, _: CurrentUser) -> BuildPublic:
-    return BuildPublic.build(await handlers.get_build(gw, build_id))
+@router.get("/{build_id}", response_model=BuildDetail)
+async def show(build_id: uuid.UUID, gw: GatewayDep, _: CurrentUser) -> BuildDetail:
+    """The build with its server, duration, artifacts (sizes, links, locations) and the
+    server's CPU and memory while it ran."""
+    return await fleet.build_detail(gw, build_id)
+
+
+@router.post("/{build_id}/pin", response_model=BuildPublic)
+async def pin(build_id: uuid.UUID, gw: GatewayDep, user: CurrentUser,
+              body: BuildPin | None = None) -> BuildPublic:
+    """Keep the build's artifacts past the retention period (``{"pinned": false}`` undoes)."""
+    return await fleet.pin_build(gw, build_id, body.pinned if body else True, user)
+
+
+@router.post("/{build_id}/tag", response_model=BuildPublic)
+async def tag(build_id: uuid.UUID, body: BuildTags, gw: GatewayDep,
+              user: CurrentUser) -> BuildPublic:
+    """Add tags (or remove them with ``remove``); tagged builds are kept by retention."""
+    return await fleet.tag_build(gw, build_id, body.tags, body.remove, user)
 
 
 @router.post("/{build_id}/cancel", status_code=status.HTTP_202_ACCEPTED,

@@ -15,7 +15,7 @@ from labfleet.shared.events.resource import Arch
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from .. import handlers
+from .. import fleet, handlers
 from ..adapters.live import build_key
 from ..adapters.state import read_log
 from ..context import Gateway
@@ -124,8 +124,28 @@ async def build_page(request: Request, build_id: uuid.UUID, gw: GatewayDep, user
         return gw.templates.TemplateResponse(request, "error.html", {
             "user": user, "status": exc.status, "message": exc.message, "hint": exc.hint},
             status_code=exc.status)
+    detail = await fleet.build_detail(gw, build_id)
     return gw.templates.TemplateResponse(request, "build.html", {
-        "user": user, "b": build, "status_html": render_build_status(gw, build)})
+        "user": user, "b": build, "d": detail, "status_html": render_build_status(gw, build)})
+
+
+@router.post("/builds/{build_id}/keep")
+async def keep(request: Request, build_id: uuid.UUID, gw: GatewayDep, user: PageUser
+               ) -> Response:
+    """Pin or unpin, and add tags, from the build page."""
+    form = await request.form()
+    try:
+        if "pinned" in form:
+            await fleet.pin_build(gw, build_id, form.get("pinned") == "1", user)
+        tags = _split(str(form.get("tags") or ""))
+        if tags:
+            await fleet.tag_build(gw, build_id, tags, False, user)
+    except (ApiError, ValueError) as exc:
+        message = exc.message if isinstance(exc, ApiError) else str(exc)
+        return gw.templates.TemplateResponse(request, "error.html", {
+            "user": user, "status": 422, "message": message,
+            "hint": "go back to the build and correct it"}, status_code=422)
+    return RedirectResponse(f"/builds/{build_id}", status_code=303)
 
 
 @router.get("/builds/{build_id}/log/stream")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -12,13 +13,13 @@ from labfleet.shared.events.resource import Arch
 from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
-from .. import handlers
+from .. import fleet, handlers
 from ..adapters.live import server_key
 from ..context import Gateway
 from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
 from ..domain.presentation import history_plot, usage
-from ..models import BuildServerCreate, BuildServerPublic
+from ..models import BuildServerCreate, BuildServerPublic, MaintenanceSet
 
 router = APIRouter(include_in_schema=False)
 
@@ -183,18 +184,79 @@ FORM_FIELDS = {"hostname", "address", "ssh_port", "username", "password", "priva
 @router.get("/build-servers/{server_id}", response_class=HTMLResponse)
 async def detail(request: Request, server_id: uuid.UUID, gw: GatewayDep, user: PageUser
                  ) -> Response:
+    return await _detail(request, gw, user, server_id)
+
+
+async def _detail(request: Request, gw: Gateway, user: Any, server_id: uuid.UUID,
+                  action_error: ApiError | None = None) -> Response:
     try:
-        server = await handlers.build_server_detail(gw, server_id)
+        server = await fleet.server_detail(gw, server_id)
     except ApiError as exc:
-        return gw.templates.TemplateResponse(request, "error.html", {
-            "user": user, "status": exc.status, "message": exc.message, "hint": exc.hint},
-            status_code=exc.status)
+        return _error_page(request, gw, user, exc)
     return gw.templates.TemplateResponse(request, "build_server.html", {
         "user": user, "s": server, "u": usage(server.sample), "row": render_row(gw, server),
-        "plot": history_plot(server.history)})
+        "plot": history_plot(server.history), "action_error": action_error},
+        status_code=action_error.status if action_error else 200)
+
+
+def _error_page(request: Request, gw: Gateway, user: Any, exc: ApiError) -> Response:
+    return gw.templates.TemplateResponse(request, "error.html", {
+        "user": user, "status": exc.status, "message": exc.message, "hint": exc.hint},
+        status_code=exc.status)
+
+
+def _when(text: str | None) -> datetime | None:
+    """A ``datetime-local`` field (the browser's local time is taken as UTC)."""
+    if not text:
+        return None
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@router.post("/build-servers/{server_id}/maintenance")
+async def maintenance(request: Request, server_id: uuid.UUID, gw: GatewayDep,
+                      user: PageUser) -> Response:
+    form = await request.form()
+    try:
+        body = MaintenanceSet(on=form.get("on") == "1", reason=str(form.get("reason") or ""),
+                              start=_when(str(form.get("start") or "")),
+                              end=_when(str(form.get("end") or "")))
+        await fleet.set_maintenance(gw, server_id, body, user)
+    except ValueError as exc:
+        return await _detail(request, gw, user, server_id, ApiError(
+            422, "invalid_request", f"the window is not valid: {exc}", field="start"))
+    except ApiError as exc:
+        return await _detail(request, gw, user, server_id, exc)
+    return RedirectResponse(f"/build-servers/{server_id}", status_code=303)
+
+
+@router.post("/build-servers/{server_id}/options")
+async def options(request: Request, server_id: uuid.UUID, gw: GatewayDep,
+                  user: PageUser) -> Response:
+    form = await request.form()
+    try:
+        await fleet.set_options(gw, server_id, form.get("pause_on_low_disk") == "1", user)
+    except ApiError as exc:
+        return await _detail(request, gw, user, server_id, exc)
+    return RedirectResponse(f"/build-servers/{server_id}", status_code=303)
 
 
 @router.post("/build-servers/{server_id}/remove")
-async def remove(server_id: uuid.UUID, gw: GatewayDep, user: PageUser) -> Response:
-    await handlers.remove_build_server(gw, server_id, user)
+async def remove(request: Request, server_id: uuid.UUID, gw: GatewayDep,
+                 user: PageUser) -> Response:
+    form = await request.form()
+    try:
+        await fleet.decommission(gw, server_id, form.get("force") == "1", user)
+    except ApiError as exc:
+        return await _detail(request, gw, user, server_id, exc)
     return RedirectResponse("/build-servers", status_code=303)
+
+
+@router.get("/maintenance", response_class=HTMLResponse)
+async def maintenance_page(request: Request, gw: GatewayDep, user: PageUser) -> Response:
+    try:
+        overview = await fleet.maintenance_overview(gw)
+    except ApiError as exc:
+        return _error_page(request, gw, user, exc)
+    return gw.templates.TemplateResponse(request, "maintenance.html", {
+        "user": user, "o": overview})
