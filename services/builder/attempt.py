@@ -274,15 +274,19 @@ class BuildAttempt:
                 for p, n in zip(paths, names, strict=True)]
 
     async def outputs(self) -> list[tuple[str, str]]:
-        """(remote path, artifact name) of every file in the output directory; names are
-        paths below it (``dtbs/arm/juno.dtb``)."""
+        """(remote path, artifact name) of every file in the output directory; a name is
+        the file's own (``juno.dtb``), or its path below the directory joined with "-"
+        where two files share one (``dtbs-arm-juno.dtb``): names stay one path segment."""
         base = kernel.out_dir(self.ws)
         listing = await self.host.output(kernel.list_outputs(self.ws))
         paths = sorted(p for p in listing.splitlines() if p.startswith(base + "/"))
         if not paths:
             raise BuildError("artifact_missing", "the build left no files to collect in "
                              f"{base}", hint="see the end of the log")
-        return [(p, posixpath.relpath(p, base)) for p in paths]
+        names = [posixpath.basename(p) for p in paths]
+        return [(p, n if names.count(n) == 1
+                 else posixpath.relpath(p, base).replace("/", "-"))
+                for p, n in zip(paths, names, strict=True)]
 
     async def upload(self, files: list[tuple[str, str]],
                      metadata: dict[str, str] | None = None) -> list[ArtifactInfo]:

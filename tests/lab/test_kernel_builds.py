@@ -20,7 +20,9 @@ import asyncio
 import hashlib
 import json
 import os
+import shlex
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -366,3 +368,83 @@ async def test_kernel_build_failures_name_their_cause(fleet: Fleet) -> None:
     log = await fleet.log_text(bad_ref)
     assert "==> fetch" in log and "clone --mirror" not in log
 
+
+
+# ---- TuxMake ----------------------------------------------------------------------------
+
+TUXMAKE_WHEELS = Path("/var/cache/labfleet/wheels")
+# a per-user install on the server, as a developer would make it (pip into a venv, the
+# command linked into ~/.local/bin); the lab hosts have no network, so pip installs from
+# wheels downloaded here once with the project's own pip
+INSTALL_TUXMAKE = """set -e
+python3 -m venv "$HOME/.local/tuxmake"
+"$HOME/.local/tuxmake/bin/pip" install -q --no-index --find-links "$1" tuxmake
+mkdir -p "$HOME/.local/bin"
+ln -sf "$HOME/.local/tuxmake/bin/tuxmake" "$HOME/.local/bin/tuxmake"
+"$HOME/.local/bin/tuxmake" --version
+"""
+
+
+def lab_ssh(lab: dict[str, Any], name: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    h = next(h for h in lab["hosts"] if h["name"] == name)
+    return subprocess.run(["ssh", "-F", lab["ssh_config"], f"{h['user']}@{h['address']}",
+                           shlex.join(argv)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tuxmake_on_build1(kbuild_lab: dict[str, Any]) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        wanted = version("tuxmake")
+    except PackageNotFoundError:
+        pytest.skip("tuxmake is not installed here (pip install -e '.[test]' installs it)")
+    if not list(TUXMAKE_WHEELS.glob(f"tuxmake-{wanted}-*.whl")):
+        TUXMAKE_WHEELS.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                        f"tuxmake=={wanted}", "-d", str(TUXMAKE_WHEELS)], check=True)
+    done = lab_ssh(kbuild_lab, "build1", "sh", "-c", INSTALL_TUXMAKE, "install",
+                   str(TUXMAKE_WHEELS))
+    assert done.returncode == 0, done.stderr
+    # and build2 has none, for the failure case
+    lab_ssh(kbuild_lab, "build2", "rm", "-f", ".local/bin/tuxmake")
+    return done.stdout.strip()
+
+
+async def test_tuxmake_backend_builds_a_bootable_kernel_and_keeps_its_metadata(
+        fleet: Fleet, tuxmake_on_build1: str, tmp_path: Path) -> None:
+    git_url = fleet.lab["git"]["url"] + "linux.git"
+    build1 = await fleet.register("build1")
+    build2 = await fleet.register("build2")
+    await fleet.online(build1)
+    await fleet.online(build2)
+    missing = await fleet.submit(repo_url=git_url, ref="main", arch=Arch.X86_64,
+                                 config="tinyconfig", server=build2.name, backend="tuxmake")
+    tux = await fleet.submit(repo_url=git_url, ref="main", arch=Arch.X86_64,
+                             config="tinyconfig", server=build1.name, backend="tuxmake",
+                             config_options=lab_fragment("x86_64"))
+    v = await fleet.finished(missing)
+    assert v.status == BuildStatus.FAILED and v.error.code == "tuxmake_missing", v.error
+    assert build2.name in v.error.message
+
+    view = await fleet.finished(tux)
+    assert view.status == BuildStatus.SUCCEEDED, view.error
+    names = {a.name for a in view.artifacts}
+    assert {"bzImage", "metadata.json", "config"} <= names, names
+    meta_file, _ = await fetch_artifact(
+        fleet.nc, next(a for a in view.artifacts if a.name == "metadata.json"), tmp_path)
+    tux_meta = json.loads(meta_file.read_text())
+    assert tux_meta["build"]["target_arch"] == "x86_64"
+    assert tux_meta["results"]["status"] == "PASS", tux_meta["results"]
+    succeeded = fleet.of(tux, "build.succeeded")[0]
+    image = next(a for a in succeeded["artifacts"] if a["name"] == "bzImage")
+    assert image["metadata"]["backend"] == tuxmake_on_build1
+    log = await fleet.log_text(tux)
+    assert "tuxmake --runtime=null" in log or "tuxmake" in log
+    phases = list(dict.fromkeys(e["phase"] for e in fleet.of(tux, "build.progress")))
+    assert phases == ["fetch", "configure", "compile", "collect", "upload"], phases
+
+    kernel, _ = await fetch_artifact(
+        fleet.nc, next(a for a in view.artifacts if a.name == "bzImage"), tmp_path)
+    console = await boot(Arch.X86_64, kernel, fleet.lab["images"]["x86_64"]["initrd"])
+    assert "LABFLEET-BOOT-OK" in console, console[-3000:]
