@@ -448,3 +448,26 @@ async def test_tuxmake_backend_builds_a_bootable_kernel_and_keeps_its_metadata(
         fleet.nc, next(a for a in view.artifacts if a.name == "bzImage"), tmp_path)
     console = await boot(Arch.X86_64, kernel, fleet.lab["images"]["x86_64"]["initrd"])
     assert "LABFLEET-BOOT-OK" in console, console[-3000:]
+
+
+async def test_compile_progress_is_estimated_from_the_previous_build(fleet: Fleet) -> None:
+    """The second build of the same tree/config/arch reports compile percentages measured
+    against the lines the first one printed (any server's history counts)."""
+    url = fleet.lab["git"]["url"] + "hello.git"
+    build1 = await fleet.register("build1")
+    build2 = await fleet.register("build2")
+    await fleet.online(build1)
+    await fleet.online(build2)
+    first = await fleet.submit(repo_url=url, ref="main", arch=Arch.ARM64, server=build1.name,
+                               artifacts=["hello"], make_targets=["hello"])
+    assert (await fleet.finished(first, timeout=120)).status == BuildStatus.SUCCEEDED
+    percents = [e["percent"] for e in fleet.of(first, "build.progress") if e["percent"]]
+    assert percents == []  # nothing to compare the first build with
+    second = await fleet.submit(repo_url=url, ref="main", arch=Arch.ARM64, server=build2.name,
+                                artifacts=["hello"], make_targets=["hello"])
+    assert (await fleet.finished(second, timeout=120)).status == BuildStatus.SUCCEEDED
+    compile_events = [e for e in fleet.of(second, "build.progress") if e["phase"] == "compile"]
+    percents = [e["percent"] for e in compile_events if e["percent"] is not None]
+    assert percents and all(0 < p <= 99 for p in percents), compile_events
+    log = await fleet.log_text(second)
+    assert "the last such build printed" in log and str(first) in log
