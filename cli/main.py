@@ -18,6 +18,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lab",
     "env",
     "alert",
+    "build_servers",
+    "builds",
+    "artifacts",
 )
 
 
