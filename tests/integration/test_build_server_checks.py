@@ -146,3 +146,70 @@ async def test_too_little_free_disk_is_refused(settings_factory, nc, pg, sshd, u
     assert reply.error.code == "insufficient_disk", reply.error
     assert "100000 GB" in reply.error.message and reply.error.details["free_gb"] > 0
     await nothing_registered(pg, name, "insufficient_disk")
+
+
+async def test_a_changed_host_key_takes_the_server_offline_and_is_announced(  # type: ignore[no-untyped-def]
+        settings_factory, nc, tmp_path, unique) -> None:
+    import asyncio
+    import contextlib
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from labfleet.monitor.main import create as create_monitor
+    from labfleet.shared.events.health import HealthChanged, HealthStatus
+
+    server = start_sshd(tmp_path / "rekeyed")
+    settings = settings_factory(credential_key=CREDENTIAL_KEY, monitor_interval_s=0.5,
+                                offline_after_failures=5)
+    inventory, monitor = create(settings), create_monitor(settings)
+    await inventory.start()
+    await monitor.start()
+    seen: list[HealthChanged] = []
+
+    async def on_change(msg) -> None:  # type: ignore[no-untyped-def]
+        seen.append(HealthChanged.model_validate(json.loads(msg.data)))
+
+    sub = await nc.jetstream().subscribe("health.changed", cb=on_change, ordered_consumer=True)
+    try:
+        reply = await ask(nc, registration(server, f"rekey-{unique}"), RegistrationReply)
+        assert reply.ok, reply.error
+        rid = reply.resource.resource_id
+
+        def status_of(s: HealthStatus) -> HealthChanged | None:
+            return next((e for e in seen if e.resource_id == rid and e.status == s), None)
+
+        async with asyncio.timeout(20):
+            while status_of(HealthStatus.ONLINE) is None and status_of(
+                    HealthStatus.DEGRADED) is None:
+                await asyncio.sleep(0.1)
+        # the host is reinstalled (or impersonated): same address, another key
+        key = server.workdir / "host_key"
+        key.unlink()
+        (server.workdir / "host_key.pub").unlink()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        # a reinstalled host drops every session: end this sshd's per-connection children
+        # (they would otherwise keep the monitor's pooled connection alive)
+        sessions = subprocess.run(["pgrep", "-P", str(server.process.pid)],
+                                  capture_output=True, text=True).stdout.split()
+        server.stop()
+        for pid in sessions:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+        server.restart()
+        async with asyncio.timeout(20):
+            while status_of(HealthStatus.OFFLINE) is None:
+                await asyncio.sleep(0.1)
+        offline = status_of(HealthStatus.OFFLINE)
+        assert offline is not None and offline.reason.startswith("host_key_changed")
+        # at once, not after offline_after_failures (5) polls
+        assert "polls failed" not in offline.reason
+        from labfleet.shared.events.resource import RemoveResource, ResourceReply
+        assert (await ask(nc, RemoveResource(resource_id=rid), ResourceReply)).ok
+    finally:
+        await sub.unsubscribe()
+        await monitor.stop()
+        await inventory.stop()
+        server.stop()
