@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     monitor_interval_s: float = 5.0
     offline_after_failures: int = 2
     disk_warning_gb: float = 10.0
+    #: a QEMU host with CPU, memory or image storage use above this is degraded (no new VMs)
+    host_utilization_warning_pct: float = 85.0
     #: a build server with less free disk in its work area is refused at registration
     build_min_disk_gb: float = 5.0
     #: artifacts of builds older than this are deleted unless the build is pinned or tagged

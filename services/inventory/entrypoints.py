@@ -19,6 +19,7 @@ from labfleet.shared.events.resource import (
     GetResource,
     ListResources,
     RegisterBuildServer,
+    RegisterQemuHost,
     RegistrationReply,
     Decommission,
     RemoveResource,
@@ -29,7 +30,7 @@ from labfleet.shared.events.resource import (
 )
 from pydantic import ValidationError
 
-from . import handlers, lifecycle_handlers
+from . import handlers, lifecycle_handlers, qemu_handlers
 from .handlers import InventoryDeps
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,14 @@ def serve(bus: Bus, command_type: type[C], reply_type: type[R],
         return reveal_secrets_json(reply) if reveal_secrets else reply.model_dump_json()
 
 
-def register_commands(bus: Bus, deps: InventoryDeps) -> None:
+def register_commands(bus: Bus, deps: InventoryDeps,
+                      qemu: qemu_handlers.QemuHostDeps | None = None) -> None:
     # a registration waits on SSH (up to the connect timeout for a dead host): several at once
     serve(bus, RegisterBuildServer, RegistrationReply, handlers.register_build_server, deps,
           concurrency=REGISTRATIONS_AT_ONCE)
+    if qemu is not None:
+        serve(bus, RegisterQemuHost, RegistrationReply, qemu_handlers.register_qemu_host,
+              qemu, concurrency=REGISTRATIONS_AT_ONCE)  # type: ignore[arg-type]
     serve(bus, GetResource, ResourceReply, handlers.get_resource, deps)
     serve(bus, ListResources, ResourceListReply, handlers.list_resources, deps)
     serve(bus, RemoveResource, ResourceReply, handlers.remove_resource, deps)

@@ -14,10 +14,12 @@ from labfleet.shared.service import Service
 from labfleet.shared.settings import Settings
 
 from .adapters.detection import BuildServerProbe
+from .adapters.qemu_probe import QemuHostProbe
 from .adapters.repository import ResourceRepository
 from .entrypoints import register_commands
 from .handlers import InventoryDeps
 from .lifecycle_handlers import apply_windows
+from .qemu_handlers import QemuHostDeps
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: how often scheduled maintenance windows are started and ended
@@ -48,7 +50,10 @@ def create(settings: Settings) -> Service:
         min_disk_gb=settings.build_min_disk_gb,
         bus=service.bus,
     )
-    register_commands(service.bus, deps)
+    qemu = QemuHostDeps(inventory=deps, probe=QemuHostProbe(
+        connect_timeout=settings.ssh_connect_timeout_s,
+        command_timeout=settings.ssh_command_timeout_s))
+    register_commands(service.bus, deps, qemu)
     tasks: list[asyncio.Task[None]] = []
 
     async def start_windows() -> None:

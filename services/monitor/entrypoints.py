@@ -13,7 +13,12 @@ import uuid
 from faststream.nats import NatsMessage
 from labfleet.shared.bus import Bus, Delivery, PermanentError, error_reply
 from labfleet.shared.events.envelope import Event
-from labfleet.shared.events.health import GetSampleHistory, SampleHistoryReply
+from labfleet.shared.events.health import (
+    GetHostDetails,
+    GetSampleHistory,
+    HostDetailsReply,
+    SampleHistoryReply,
+)
 from labfleet.shared.events.resource import (
     ResourceRegistered,
     ResourceRemoved,
@@ -24,6 +29,7 @@ from pydantic import ValidationError, model_validator
 
 from . import handlers
 from .handlers import MonitorDeps
+from .host_details import host_details
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,22 @@ def register(bus: Bus, deps: MonitorDeps) -> None:
         except ValidationError as exc:
             raise PermanentError(f"{msg.subject} does not match its contract: {exc}") from None
         await handlers.apply_resource_event(event, deps)  # type: ignore[arg-type]
+
+    @bus.on_command(GetHostDetails, max_workers=4)
+    async def on_host_details(msg: NatsMessage) -> str:
+        try:
+            cmd = GetHostDetails.model_validate_json(msg.body)
+        except ValidationError as exc:
+            return error_reply(HostDetailsReply, "invalid_request", str(exc.errors()[0]["msg"]),
+                               hint="send a resource_id").model_dump_json()
+        try:
+            reply = await host_details(cmd, deps)
+        except Exception:
+            log.exception("host details request failed")
+            reply = error_reply(HostDetailsReply, "internal_error",
+                                "the monitor failed to read the host's details",
+                                hint="see the monitor's log; retrying may help")
+        return reply.model_dump_json()
 
     @bus.on_command(GetSampleHistory, max_workers=4)
     async def on_history(msg: NatsMessage) -> str:

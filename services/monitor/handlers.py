@@ -19,6 +19,8 @@ from labfleet.shared.events.resource import ResourceRegistered, ResourceRemoved,
 
 from .adapters.health_store import HealthRepository
 from .adapters.history import SampleHistory
+from .adapters.host_poll import HostPoll
+from .adapters.libvirt_vms import LibvirtSessions
 from .adapters.projection import POLLED_KINDS, PollTarget, ResourceProjection
 from .adapters.state_kv import CurrentState
 from .domain.health import (
@@ -47,6 +49,9 @@ class MonitorDeps:
     current: CurrentState | None = None
     #: the last judged state of every watched host
     states: dict[uuid.UUID, HealthState] = field(default_factory=dict)
+    #: QEMU hosts' libvirt connections and the SSH pool (the detail page asks them)
+    vms: LibvirtSessions | None = None
+    host_poll: HostPoll | None = None
 
 
 def sample_subject(sample: HostSample) -> str:
@@ -128,5 +133,9 @@ async def record_poll(target: PollTarget, outcome: PollOutcome, deps: MonitorDep
 
 
 async def sample_history(cmd: GetSampleHistory, deps: MonitorDeps) -> SampleHistoryReply:
-    samples = await deps.history.between(cmd.resource_id, cmd.since, cmd.until, cmd.limit)
+    if cmd.bucket_s:
+        samples = await deps.history.averaged(cmd.resource_id, cmd.since, cmd.until,
+                                              cmd.bucket_s, cmd.limit)
+    else:
+        samples = await deps.history.between(cmd.resource_id, cmd.since, cmd.until, cmd.limit)
     return SampleHistoryReply(ok=True, samples=samples)

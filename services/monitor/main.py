@@ -17,6 +17,7 @@ from .adapters.credentials import CredentialCache
 from .adapters.health_store import HealthRepository
 from .adapters.history import SampleHistory
 from .adapters.host_poll import HostPoll
+from .adapters.libvirt_vms import LibvirtSessions
 from .adapters.projection import ResourceProjection
 from .adapters.state_kv import CurrentState
 from .domain.health import HealthPolicy
@@ -44,12 +45,16 @@ def create(settings: Settings) -> Service:
         bus=service.bus, db=db, projection=ResourceProjection(db), history=SampleHistory(db),
         health=HealthRepository(db),
         policy=HealthPolicy(offline_after_failures=settings.offline_after_failures,
-                            disk_warning_gb=settings.disk_warning_gb))
+                            disk_warning_gb=settings.disk_warning_gb,
+                            utilization_warning_pct=settings.host_utilization_warning_pct))
     host_poll = HostPoll(timeout=poll_timeout(settings))
+    vms = LibvirtSessions(timeout=max(poll_timeout(settings), 5.0))
+    deps.vms, deps.host_poll = vms, host_poll
     deps.poller = Poller(
         interval=settings.monitor_interval_s, host_poll=host_poll,
         credentials=CredentialCache(service.bus),
-        on_outcome=lambda target, outcome: handlers.record_poll(target, outcome, deps))
+        on_outcome=lambda target, outcome: handlers.record_poll(target, outcome, deps),
+        vms=vms)
     register(service.bus, deps)
     housekeeping: list[asyncio.Task[None]] = []
 
@@ -80,6 +85,7 @@ def create(settings: Settings) -> Service:
         if deps.poller is not None:
             await deps.poller.stop()
         await host_poll.close()
+        await vms.close()
         await deps.history.stop()
 
     service.on_start.append(start)

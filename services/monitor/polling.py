@@ -15,10 +15,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
-from labfleet.shared.ssh import SshError
+from labfleet.shared.events.health import HostSample
+from labfleet.shared.events.resource import ResourceKind
+from labfleet.shared.ssh import Credentials, SshError
+from labfleet.shared.ssh.libvirt import LibvirtFailure
 
 from .adapters.credentials import CredentialCache, CredentialsUnavailable
 from .adapters.host_poll import HostPoll
+from .adapters.libvirt_vms import LibvirtSessions
 from .adapters.projection import PollTarget
 from .domain.health import PollFailed, PollOutcome, PollSucceeded
 from .domain.sampling import CpuTimes, UnreadablePoll, to_sample
@@ -33,8 +37,11 @@ MAX_CONCURRENT_POLLS = 64
 
 class Poller:
     def __init__(self, *, interval: float, host_poll: HostPoll, credentials: CredentialCache,
-                 on_outcome: OutcomeHandler, max_concurrent: int = MAX_CONCURRENT_POLLS) -> None:
+                 on_outcome: OutcomeHandler, max_concurrent: int = MAX_CONCURRENT_POLLS,
+                 vms: LibvirtSessions | None = None) -> None:
         self.interval = interval
+        #: running VMs of QEMU hosts (None: VMs are not counted)
+        self.vms = vms
         self.host_poll = host_poll
         self.credentials = credentials
         self.on_outcome = on_outcome
@@ -46,6 +53,9 @@ class Poller:
 
     # ---- which hosts --------------------------------------------------------------
 
+    def target(self, resource_id: uuid.UUID) -> PollTarget | None:
+        return self._targets.get(resource_id)
+
     def watch(self, target: PollTarget) -> None:
         old = self._targets.get(target.resource_id)
         self._targets[target.resource_id] = target
@@ -53,6 +63,8 @@ class Poller:
             # address, user or pinned key may have changed: log in afresh
             self.host_poll.drop(old)
             self.credentials.forget(target.resource_id)
+            if self.vms is not None:
+                self.vms.drop(target.resource_id)
         if self._running and target.resource_id not in self._tasks:
             self._spawn(target.resource_id)
 
@@ -65,6 +77,8 @@ class Poller:
                 await task
         if target is not None:
             self.host_poll.drop(target)
+        if self.vms is not None:
+            self.vms.drop(resource_id)
         self.credentials.forget(resource_id)
         self._cpu.pop(resource_id, None)
 
@@ -132,6 +146,8 @@ class Poller:
             reading = await self.host_poll.read(target, creds)
         except SshError as exc:
             self.host_poll.drop(target)
+            if self.vms is not None:
+                self.vms.drop(target.resource_id)
             if exc.code == "authentication_failed":
                 self.credentials.forget(target.resource_id)
             return PollFailed(at=datetime.now(UTC), code=exc.code, message=exc.message)
@@ -141,7 +157,21 @@ class Poller:
         sample = to_sample(target.resource_id, target.kind, datetime.now(UTC), reading,
                            self._cpu.get(target.resource_id))
         self._cpu[target.resource_id] = reading.cpu
+        if target.kind is ResourceKind.QEMU_HOST and self.vms is not None:
+            sample = await self._with_vms(target, creds, sample)
         return PollSucceeded(sample)
+
+    async def _with_vms(self, target: PollTarget, creds: Credentials, sample: HostSample
+                        ) -> HostSample:
+        """The sample with the host's running VMs; their count unknown when libvirt fails."""
+        assert self.vms is not None
+        try:
+            names = await self.vms.running(target, creds)
+        except LibvirtFailure as exc:
+            log.info("running VMs unknown", extra={"resource_id": str(target.resource_id),
+                                                   "code": exc.code, "error": exc.message[:300]})
+            return sample
+        return sample.model_copy(update={"vm_count": len(names), "vms": names})
 
 
 async def run_every(interval_s: float, job: Callable[[], Awaitable[object]], what: str) -> None:

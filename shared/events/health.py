@@ -37,6 +37,9 @@ class HostSample(BaseModel):
     disk_free_gb: float
     #: compiler processes running (cc1, cc1plus, ld, make) — "active compilation"
     compile_procs: int = 0
+    #: QEMU hosts: running libvirt domains (None for other kinds, or when libvirt did not answer)
+    vm_count: int | None = None
+    vms: list[str] = Field(default_factory=list)
 
 
 #: JetStream KV buckets (key = resource id) holding current state for dashboards
@@ -87,7 +90,49 @@ class GetSampleHistory(Command):
     since: datetime | None = None
     until: datetime | None = None
     limit: int = Field(default=2000, ge=1, le=20000)
+    #: average the samples over buckets of this many seconds (plots of a day or a week)
+    bucket_s: int | None = Field(default=None, ge=1, le=86400)
 
 
 class SampleHistoryReply(Reply):
     samples: list[HostSample] = Field(default_factory=list)
+
+
+class VmInfo(BaseModel):
+    """A libvirt domain on a QEMU host, as libvirt reports it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    uuid: str = ""
+    state: str = ""
+    vcpus: int = 0
+    memory_mb: int = 0
+    #: libvirt ``<metadata>``/``<title>``/``<description>`` text (who deployed what)
+    title: str = ""
+    description: str = ""
+
+
+class NetInterface(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    state: str = ""
+    mac: str = ""
+    mtu: int | None = None
+    addresses: list[str] = Field(default_factory=list)
+
+
+class GetHostDetails(Command):
+    """What a host runs now: its VMs (QEMU hosts, from libvirt) and network configuration."""
+
+    subject: ClassVar[str] = "health.cmd.host_details"
+    resource_id: uuid.UUID
+
+
+class HostDetailsReply(Reply):
+    vms: list[VmInfo] = Field(default_factory=list)
+    interfaces: list[NetInterface] = Field(default_factory=list)
+    libvirt_networks: list[str] = Field(default_factory=list)
+    #: what could not be read, said per part (the rest is still shown)
+    problems: list[str] = Field(default_factory=list)

@@ -196,6 +196,42 @@ class RegisterBuildServer(Command):
         return v
 
 
+class RegisterQemuHost(Command):
+    """Register a QEMU host: validated over SSH and over libvirt with the pinned host key.
+
+    Answered with :class:`RegistrationReply` (``resource.qemu`` holds what was detected).
+    """
+
+    subject: ClassVar[str] = "resource.cmd.register_qemu_host"
+
+    hostname: str = Field(min_length=1, max_length=253)
+    address: str = Field(min_length=1)
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    #: the fingerprint the admin accepted; when given, a different key is refused
+    expected_host_key_fingerprint: str | None = None
+    #: guest architectures the host must emulate (refused when one lacks its QEMU);
+    #: empty = whatever the host turns out to have
+    guest_architectures: list[Arch] = Field(default_factory=list)
+    #: what VMs may take; None = all cores / memory less 1 GiB
+    allocatable_vcpus: int | None = Field(default=None, ge=1)
+    allocatable_memory_mb: int | None = Field(default=None, ge=64)
+    #: where deployed kernels and images are cached; None = ``~/labfleet-images``
+    image_dir: str | None = None
+    #: who asked, for the audit record
+    requested_by: str = ""
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_shape(cls, v: str) -> str:
+        if any(c.isspace() for c in v):
+            raise ValueError("hostname must not contain white space")
+        return v
+
+
 class RegistrationReply(Reply):
     resource: ResourceView | None = None
 

@@ -17,6 +17,7 @@ from labfleet.shared.events.resource import (
     BuildServerCapabilities,
     Lifecycle,
     MaintenanceWindow,
+    QemuHostCapabilities,
     ResourceKind,
     ResourceView,
     SshTarget,
@@ -58,6 +59,8 @@ def _view(row: asyncpg.Record) -> ResourceView:
         build_configs=list(row["build_configs"]),
         capabilities=(BuildServerCapabilities.model_validate_json(caps)
                       if caps and kind is ResourceKind.BUILD_SERVER else None),
+        qemu=(QemuHostCapabilities.model_validate_json(caps)
+              if caps and kind is ResourceKind.QEMU_HOST else None),
         labels=json.loads(row["labels"]),
         lifecycle=Lifecycle(row["lifecycle"]),
         registered_at=row["registered_at"],
@@ -65,6 +68,13 @@ def _view(row: asyncpg.Record) -> ResourceView:
                      if row["maintenance"] else None),
         pause_on_low_disk=row["pause_on_low_disk"],
     )
+
+
+def _capabilities_json(view: ResourceView) -> str | None:
+    """The kind's own capabilities go in the one JSON column."""
+    if view.qemu is not None:
+        return view.qemu.model_dump_json()
+    return view.capabilities.model_dump_json() if view.capabilities else None
 
 
 def duplicate_name(name: str) -> InventoryRefusal:
@@ -106,7 +116,7 @@ class ResourceRepository:
                 v.resource_id, v.kind.value, v.name, v.ssh.address, v.ssh.port, v.ssh.username,
                 v.ssh.host_key, v.ssh.host_key_fingerprint,
                 [a.value for a in v.architectures], v.build_configs,
-                v.capabilities.model_dump_json() if v.capabilities else None,
+                _capabilities_json(v),
                 json.dumps(v.labels), v.lifecycle.value, v.registered_at,
                 v.maintenance.model_dump_json() if v.maintenance else None,
                 v.pause_on_low_disk)

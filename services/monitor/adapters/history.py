@@ -97,6 +97,23 @@ class SampleHistory:
             "ORDER BY at DESC LIMIT $4", resource_id, since, until, limit)
         return [_sample(r) for r in reversed(rows)]
 
+    async def averaged(self, resource_id: uuid.UUID, since: datetime | None,
+                       until: datetime | None, bucket_s: int, limit: int) -> list[HostSample]:
+        """One averaged sample per ``bucket_s`` seconds (a week of 5 s polls is 120,000 rows;
+        its plot needs a few hundred points), the newest ``limit`` buckets, oldest first."""
+        await self.flush()
+        rows = await self.db.fetch(
+            "SELECT resource_id, to_timestamp(floor(extract(epoch FROM at) / $4) * $4) AS at, "
+            "min(kind) AS kind, avg(cpu_pct)::real AS cpu_pct, avg(load1)::real AS load1, "
+            "max(cpu_cores) AS cpu_cores, max(mem_total_mb) AS mem_total_mb, "
+            "avg(mem_used_mb)::integer AS mem_used_mb, max(disk_total_gb) AS disk_total_gb, "
+            "avg(disk_free_gb)::real AS disk_free_gb, max(compile_procs) AS compile_procs "
+            "FROM samples WHERE resource_id = $1 "
+            "AND ($2::timestamptz IS NULL OR at >= $2) AND ($3::timestamptz IS NULL OR at <= $3) "
+            "GROUP BY resource_id, 2 ORDER BY 2 DESC LIMIT $5",
+            resource_id, since, until, float(bucket_s), limit)
+        return [_sample(r) for r in reversed(rows)]
+
     async def latest(self) -> dict[uuid.UUID, HostSample]:
         rows = await self.db.fetch(
             f"SELECT DISTINCT ON (resource_id) {', '.join(COLUMNS)} FROM samples "

@@ -33,9 +33,12 @@ class PollTarget:
     @classmethod
     def from_view(cls, view: ResourceView) -> PollTarget:
         caps = view.capabilities
+        work_dir = (caps.work_dir or None) if caps else None
+        if view.qemu is not None:  # a QEMU host's storage that counts is its image directory
+            work_dir = view.qemu.image_dir or None
         return cls(resource_id=view.resource_id, kind=view.kind, name=view.name,
                    address=view.ssh.address, port=view.ssh.port, username=view.ssh.username,
-                   host_key=view.ssh.host_key, work_dir=(caps.work_dir or None) if caps else None,
+                   host_key=view.ssh.host_key, work_dir=work_dir,
                    lifecycle=view.lifecycle)
 
     @property

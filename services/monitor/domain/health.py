@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from labfleet.shared.events.health import HealthStatus, HostSample
+from labfleet.shared.events.resource import ResourceKind
 
 
 #: the failure code (and reason prefix) of a host whose key no longer matches the pinned one
@@ -27,6 +28,8 @@ HOST_KEY_CHANGED = "host_key_changed"
 class HealthPolicy:
     offline_after_failures: int = 2
     disk_warning_gb: float = 10.0
+    #: QEMU hosts: CPU, memory or image storage use above this → degraded (no new VMs)
+    utilization_warning_pct: float = 85.0
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,26 @@ class PollFailed:
 PollOutcome = PollSucceeded | PollFailed
 
 
+def utilization(sample: HostSample) -> dict[str, float]:
+    """Use of each resource in percent: ``cpu``, ``memory``, ``storage``."""
+    out = {"cpu": sample.cpu_pct}
+    if sample.mem_total_mb:
+        out["memory"] = 100.0 * sample.mem_used_mb / sample.mem_total_mb
+    if sample.disk_total_gb:
+        out["storage"] = 100.0 * (sample.disk_total_gb - sample.disk_free_gb) / sample.disk_total_gb
+    return out
+
+
+def utilization_warnings(sample: HostSample, limit: float) -> list[str]:
+    return [f"{name}_high: {name} use {value:.1f} % is over the {limit:g} % limit"
+            for name, value in utilization(sample).items() if value > limit]
+
+
 def warnings_for(sample: HostSample, policy: HealthPolicy) -> tuple[str, ...]:
     out: list[str] = []
+    if sample.kind is ResourceKind.QEMU_HOST:
+        # a QEMU host's image storage is judged by its share used, like CPU and memory
+        return tuple(utilization_warnings(sample, policy.utilization_warning_pct))
     if sample.disk_free_gb < policy.disk_warning_gb:
         out.append(f"disk_low: {sample.disk_free_gb:.1f} GB free in the work area, under the "
                    f"{policy.disk_warning_gb:g} GB threshold")
