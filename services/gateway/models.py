@@ -12,6 +12,7 @@ from labfleet.shared.events.resource import (
     Arch,
     BuildServerCapabilities,
     Lifecycle,
+    MaintenanceWindow,
     RegisterBuildServer,
     ResourceView,
     SshTarget,
@@ -63,6 +64,9 @@ class BuildServerPublic(BaseModel):
     health: HealthState | None
     sample: HostSample | None
     active_builds: int
+    #: the current or next maintenance window
+    maintenance: MaintenanceWindow | None = None
+    pause_on_low_disk: bool = False
 
     @classmethod
     def build(cls, view: ResourceView, health: HealthState | None, sample: HostSample | None,
@@ -72,7 +76,8 @@ class BuildServerPublic(BaseModel):
                    labels=view.labels, lifecycle=view.lifecycle,
                    registered_at=view.registered_at, capabilities=view.capabilities,
                    status=(health.status.value if health else "unknown"), health=health,
-                   sample=sample, active_builds=active_builds)
+                   sample=sample, active_builds=active_builds,
+                   maintenance=view.maintenance, pause_on_low_disk=view.pause_on_low_disk)
 
 
 class BuildServerDetail(BuildServerPublic):

@@ -59,6 +59,29 @@ async def test_register_through_the_api_then_watch_it_live(
             assert detail["status"] in ("online", "degraded"), detail
             listed = await api.get("/api/v1/build-servers", params={"q": f"gw-{unique}"})
             assert [s["id"] for s in listed.json()["items"]] == [server_id]
+            put = await api.post(f"/api/v1/build-servers/{server_id}/maintenance",
+                                 json={"reason": "new disk"})
+            assert put.status_code == 200, put.text
+            assert put.json()["lifecycle"] == "maintenance"
+            assert put.json()["maintenance"]["reason"] == "new disk"
+            windows = (await api.get("/api/v1/build-servers/maintenance")).json()
+            entry = next(w for w in windows["windows"] if w["server_id"] == server_id)
+            assert entry["in_force"] and entry["cpu_cores"] == detail["capabilities"]["cpu_cores"]
+            assert windows["cores_in_maintenance"] >= entry["cpu_cores"]
+            async with gateway.anonymous() as browser:
+                login = await browser.post("/login", data={
+                    "username": "admin", "password": gateway.admin_password, "next": "/"})
+                assert login.status_code == 303
+                page = await browser.get(f"/build-servers/{server_id}")
+                assert page.status_code == 200 and "In maintenance" in page.text
+                windows_page = await browser.get("/maintenance")
+                assert windows_page.status_code == 200 and f"gw-{unique}" in windows_page.text
+            paused = await api.patch(f"/api/v1/build-servers/{server_id}/options",
+                                     json={"pause_on_low_disk": True})
+            assert paused.status_code == 200 and paused.json()["pause_on_low_disk"] is True
+            bad = await api.post(f"/api/v1/build-servers/{server_id}/maintenance",
+                                 json={"end": "2001-01-01T00:00:00Z"})
+            assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_window"
             # no builder runs here to vouch that no build is active: decommission by force
             busy = await api.delete(f"/api/v1/build-servers/{server_id}")
             assert busy.status_code == 409, busy.text
