@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "env",
     "alert",
     "build_servers",
+    "qemu_host",
     "builds",
     "artifacts",
 )

@@ -26,11 +26,13 @@ from .routes import (
     api_build_servers,
     api_builds,
     api_environments,
+    api_qemu_hosts,
     api_tokens,
     pages_alerts,
     pages_auth,
     pages_builds,
     pages_environments,
+    pages_qemu_hosts,
     pages_servers,
     system,
 )
@@ -134,12 +136,12 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     route_templates: dict[Any, str] = {}
     for module in (api_build_servers, api_builds, api_artifacts, api_environments,
-                   api_tokens, api_alerts):
+                   api_tokens, api_alerts, api_qemu_hosts):
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
     app.include_router(api)
     for router in (system.router, pages_auth.router, pages_servers.router, pages_builds.router,
-                   pages_environments.router, pages_alerts.router):
+                   pages_environments.router, pages_alerts.router, pages_qemu_hosts.router):
         app.include_router(router)
         route_templates.update(_templates(router, ""))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
