@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -44,6 +45,7 @@ from labfleet.shared.events.resource import (
 from labfleet.shared.ssh import Credentials
 from pydantic import SecretStr
 
+from tests.integration.test_gateway_support import gateway  # noqa: F401 - a fixture
 from tests.lab.conftest import _missing
 
 pytestmark = pytest.mark.lab
@@ -398,6 +400,89 @@ async def test_link_down_goes_offline_with_last_seen(qlab, services, nc) -> None
                                                            HealthStatus.DEGRADED)
         and c.previous is HealthStatus.OFFLINE for c in changes), 40)
     await sub.unsubscribe()
+
+
+async def _cli(gateway, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("labfleet")), "qemu-host", *args,
+        env={**os.environ, "LABFLEET_URL": gateway.base_url, "LABFLEET_TOKEN": gateway.admin_token},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_gateway_api_pages_and_cli(qlab, services, gateway) -> None:  # type: ignore[no-untyped-def]
+    h = qlab["by_name"]["qemu2"]
+    body = {"hostname": name("gw-qemu2"), "address": h["address"], "username": h["user"],
+            "private_key": key_of(qlab), "guest_architectures": ["x86_64", "riscv64"],
+            "libvirt_uri": h["libvirt_uri"], "labels": {"lab": "emulated"}}
+    async with gateway.anonymous() as browser:
+        await browser.post("/login", data={"username": "admin",
+                                           "password": gateway.admin_password, "next": "/"})
+        form = await browser.post("/qemu-hosts", data={
+            "hostname": name("form"), "address": h["address"], "ssh_port": "22",
+            "username": "lab", "auth": "password", "password": "wrong-secret"})
+        assert form.status_code == 422
+        assert 'id="error-password"' in form.text, form.text[-3000:]
+        assert "wrong-secret" not in form.text  # secrets are never echoed back
+    async with gateway.client() as api:
+        wrong = await api.post("/api/v1/qemu-hosts", json={**body, "private_key": None,
+                                                           "password": "not-the-password"})
+        assert wrong.status_code == 422, wrong.text
+        assert wrong.json()["error"]["code"] == "authentication_failed"
+        assert wrong.json()["error"]["field"] == "password"
+        r = await api.post("/api/v1/qemu-hosts", json=body)
+        assert r.status_code == 201, r.text
+        host = r.json()
+        assert key_of(qlab) not in r.text
+        assert host["qemu"]["kvm"]["reason"] and {g["arch"] for g in host["qemu"]["guests"]} >= {
+            "x86_64", "riscv64"}
+        assert r.headers["location"] == f"/api/v1/qemu-hosts/{host['id']}"
+        listed: dict = {}
+        for _ in range(60):
+            listed = (await api.get("/api/v1/qemu-hosts")).json()
+            mine = next(i for i in listed["items"] if i["id"] == host["id"])
+            if mine["vm_count"] is not None:
+                break
+            await asyncio.sleep(0.25)
+        assert mine["vm_count"] == 0 and mine["status"] in ("online", "degraded"), mine
+        for window in ("hour", "day", "week"):
+            d = await api.get(f"/api/v1/qemu-hosts/{host['id']}", params={"window": window})
+            assert d.status_code == 200, d.text
+            detail = d.json()
+            assert detail["window"] == window and detail["history"], detail.get("history_error")
+            assert not detail["problems"], detail["problems"]
+        assert any(f"{h['address']}/24" in i["addresses"] for i in detail["interfaces"])
+        bad = await api.get(f"/api/v1/qemu-hosts/{host['id']}", params={"window": "year"})
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_window"
+        missing = await api.get(f"/api/v1/qemu-hosts/{uuid.uuid4()}")
+        assert missing.status_code == 404
+
+        code, out, err = await _cli(gateway, "list")
+        assert code == 0, err
+        assert body["hostname"] in out and "STORAGE" in out
+        code, out, err = await _cli(gateway, "show", body["hostname"], "--window", "day")
+        assert code == 0, err
+        assert "KVM not usable" in out and h["address"] in out
+        code, out, err = await _cli(gateway, "add", "x", "--address", h["address"], "--user",
+                                    "lab", "--guest", "sparc")
+        assert code == 1 and "unknown guest architecture sparc" in err
+
+        async with gateway.anonymous() as browser:
+            login = await browser.post("/login", data={
+                "username": "admin", "password": gateway.admin_password, "next": "/"})
+            assert login.status_code == 303
+            page = await browser.get("/qemu-hosts")
+            assert page.status_code == 200 and body["hostname"] in page.text
+            assert f"/qemu-hosts/stream?ids=" in page.text
+            detail_page = await browser.get(f"/qemu-hosts/{host['id']}?window=week")
+            assert detail_page.status_code == 200
+            assert "<polyline" in detail_page.text and h["address"] in detail_page.text
+
+        code, out, err = await _cli(gateway, "remove", body["hostname"])
+        assert code == 0, err
+        gone = await api.get(f"/api/v1/qemu-hosts/{host['id']}")
+        assert gone.status_code == 404
 
 
 def test_zz_lab_down(qlab) -> None:  # type: ignore[no-untyped-def]
