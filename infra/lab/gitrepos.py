@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from labfleet.lab import procs
-from labfleet.lab.images import source_tree
+from labfleet.lab.images import cache_lock, source_tree
 from labfleet.lab.paths import LabPaths
 from labfleet.lab.state import LabState
 
@@ -61,6 +61,11 @@ def _git(*args: str, cwd: Path | None = None) -> None:
 
 
 def ensure_hello(paths: LabPaths) -> Path:
+    with cache_lock(paths, "git-hello"):
+        return _ensure_hello(paths)
+
+
+def _ensure_hello(paths: LabPaths) -> Path:
     repo = paths.cache_dir / "git" / "hello.git"
     if (repo / "HEAD").exists():
         return repo
@@ -79,6 +84,11 @@ def ensure_hello(paths: LabPaths) -> Path:
 
 def ensure_linux(paths: LabPaths, say: Callable[[str], None]) -> Path:
     """One commit of the unpacked linux-source tree, as a bare repository."""
+    with cache_lock(paths, "git-linux"):
+        return _ensure_linux(paths, say)
+
+
+def _ensure_linux(paths: LabPaths, say: Callable[[str], None]) -> Path:
     repo = paths.cache_dir / "git" / "linux.git"
     done = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "-q", "--verify",
                            "refs/heads/main"], capture_output=True)

@@ -15,7 +15,6 @@ daemon of the host is started inside them with ``nsenter``.  Inside, the host ha
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -230,6 +229,3 @@ def stop_all(host: HostState) -> None:
         procs.stop(pid, timeout=3)
     procs.stop(host.holder_pid, timeout=3)
 
-
-def shell_quote(argv: list[str]) -> str:
-    return shlex.join(argv)

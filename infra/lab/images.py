@@ -8,6 +8,7 @@ version, config fragments, init source, busybox version), so a second run only c
 """
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
@@ -16,7 +17,8 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,11 @@ def linux_tarball() -> Path:
 
 def source_tree(paths: LabPaths, say: Say) -> Path:
     """Unpack the linux-source tarball once; the tree is shared by every build."""
+    with cache_lock(paths, "source"):
+        return _source_tree(paths, say)
+
+
+def _source_tree(paths: LabPaths, say: Say) -> Path:
     tarball = linux_tarball()
     st = tarball.stat()
     tree = paths.cache_dir / "src" / tarball.name.removesuffix(".tar.xz")
@@ -138,8 +145,23 @@ def _kernel_key(arch: Arch, tarball: Path) -> str:
     return _digest("kernel-1", tarball.name, str(tarball.stat().st_size), arch.name, *fragments)
 
 
+@contextmanager
+def cache_lock(paths: LabPaths, name: str) -> Iterator[None]:
+    """Serialise builds that share a cache directory (several labs, several test runs)."""
+    lock = paths.cache_dir / "locks" / f"{name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def build_kernel(arch: Arch, paths: LabPaths, say: Say, jobs: int | None = None) -> tuple[Path, str]:
     """Return (kernel image, release), building it unless the cache has it."""
+    with cache_lock(paths, f"kernel-{arch.name}"):
+        return _build_kernel(arch, paths, say, jobs)
+
+
+def _build_kernel(arch: Arch, paths: LabPaths, say: Say, jobs: int | None) -> tuple[Path, str]:
     tarball = linux_tarball()
     key = _kernel_key(arch, tarball)
     out = paths.cache_dir / "kernels" / f"{arch.name}-{key}"
@@ -228,6 +250,11 @@ def _compile_init(arch: Arch, broken: bool, workdir: Path, log: Path) -> bytes:
 
 
 def build_initrd(arch: Arch, paths: LabPaths, say: Say, broken: bool = False) -> Path:
+    with cache_lock(paths, f"initrd-{arch.name}"):
+        return _build_initrd(arch, paths, say, broken)
+
+
+def _build_initrd(arch: Arch, paths: LabPaths, say: Say, broken: bool) -> Path:
     busybox = arch.busybox
     bb_id = ""
     if busybox and not broken:
@@ -270,8 +297,13 @@ def build_all(paths: LabPaths, say: Say = print, arches: list[str] | None = None
         result[name] = BootImages(arch=name, kernel=kernel, release=release,
                                   initrd=build_initrd(arch, paths, say),
                                   broken_initrd=build_initrd(arch, paths, say, broken=True))
-    index = paths.cache_dir / "images.json"
-    index.write_text(json.dumps({k: v.to_json() for k, v in result.items()}, indent=2))
+    with cache_lock(paths, "index"):
+        index = paths.cache_dir / "images.json"
+        known = json.loads(index.read_text()) if index.exists() else {}
+        known.update({k: v.to_json() for k, v in result.items()})
+        tmp = index.with_suffix(f".{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=2))
+        tmp.replace(index)
     return result
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -404,6 +402,23 @@ def test_status_is_what_registration_forms_take(lab) -> None:  # type: ignore[no
     assert all(b["console"]["port"] and b["flash_station"] == "station1" for b in boards)
 
 
+def _leave_vm_running(lab: dict[str, Any], name: str) -> None:
+    import libvirt  # type: ignore[import-untyped]
+
+    q = host(lab, "qemu1")
+    images = json.loads(Path(lab["lab_dir"], "state.json").read_text())["images"]["x86_64"]
+    conn = libvirt.open(q["libvirt_uri_lab"])
+    try:
+        conn.createXML(f"""<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory>
+<os><type arch='x86_64' machine='pc'>hvm</type><kernel>{images['kernel']}</kernel>
+<initrd>{images['initrd']}</initrd><cmdline>console=ttyS0</cmdline></os></domain>""", 0)
+        assert name in [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
+    ps = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
+    assert f"guest={name}" in ps
+
+
 # ---- down: nothing left --------------------------------------------------------------
 
 
@@ -419,9 +434,10 @@ def test_zz_down_leaves_nothing(lab, lab_paths) -> None:  # type: ignore[no-unty
     pids = {p for h in state.hosts.values() for p in netns_pids(h.netns)}
     pids |= {h.holder_pid for h in state.hosts.values() if h.holder_pid}
     assert pids, "the lab had processes"
-    # leave a board running so down has a VM to stop
+    # leave a board and a libvirt VM running, so down has machines to stop
     from labfleet.lab import station
     station.switch(state, next(iter(state.boards.values())), "on", lab_paths)
+    _leave_vm_running(lab, "lab-left-running")
 
     assert labmod.down(lab_paths, say=print)
 
@@ -435,4 +451,5 @@ def test_zz_down_leaves_nothing(lab, lab_paths) -> None:  # type: ignore[no-unty
     assert str(lab_paths.lab_dir) not in loops
     qemus = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
     assert str(lab_paths.lab_dir) not in qemus
+    assert "lab-left-running" not in qemus
     assert not lab_paths.lab_dir.exists()
