@@ -107,14 +107,15 @@ def _poll_client(hosts: list[dict], key_file: str, period: float, duration: floa
     out.put(asyncio.run(main()))
 
 
-def bench_sim(count: int, server_processes: int, clients: int, duration: float) -> int:
+def bench_sim(count: int, server_processes: int, clients: int, duration: float,
+              base_port: int) -> int:
     from labfleet.lab import sim
 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         key = d / "key"
         os.system(f"ssh-keygen -q -t ed25519 -N '' -f {key}")
-        workers, listing = sim.start(count, d / "sim", str(key) + ".pub", "", 23000,
+        workers, listing = sim.start(count, d / "sim", str(key) + ".pub", "", base_port,
                                      server_processes)
         try:
             ctx = multiprocessing.get_context("spawn")
@@ -143,12 +144,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--skip-up", action="store_true")
+    parser.add_argument("--base-port", type=int, default=30000)
     args = parser.parse_args()
     result: dict[str, float | int] = {}
     if not args.skip_up:
         up_s, mem = bench_up(args.rounds)
         result.update(up_s=round(up_s, 2), mem_per_host_mb=round(mem, 1))
-    served = bench_sim(args.sim_hosts, args.sim_processes, args.clients, args.duration)
+    served = bench_sim(args.sim_hosts, args.sim_processes, args.clients, args.duration,
+                       args.base_port)
     result.update(sim_hosts_served=served, sim_server_processes=args.sim_processes,
                   sim_hosts_per_process=served // max(1, args.sim_processes),
                   sim_hosts_offered=args.sim_hosts)

@@ -149,10 +149,16 @@ async def _serve_slice(hosts: list[SimHost], authorized_file: str, password: str
             proc.stdout.write(answer(host, proc.command or ""))
             proc.exit(0)
 
-        servers.append(await asyncssh.create_server(
-            lambda: _Server(authorized, password), "127.0.0.1", host.port,
-            server_host_keys=[host_key], process_factory=process, encoding="utf-8",
-            keepalive_interval=0, reuse_address=True, backlog=128))
+        try:
+            servers.append(await asyncssh.create_server(
+                lambda: _Server(authorized, password), "127.0.0.1", host.port,
+                server_host_keys=[host_key], process_factory=process, encoding="utf-8",
+                keepalive_interval=0, reuse_address=True, backlog=128))
+        except OSError as exc:
+            keys_out.with_suffix(".error").write_text(
+                f"{host.name}: cannot listen on 127.0.0.1:{host.port}: {exc.strerror}; "
+                "choose another --base-port")
+            raise
     keys_out.write_text(json.dumps(key_lines))
     control = control_dir / "silent"
     while True:
@@ -183,6 +189,7 @@ def start(count: int, directory: Path, authorized_file: str, password: str = "",
         part = hosts[p::processes]
         keys_out = directory / f"keys-{p}.json"
         keys_out.unlink(missing_ok=True)
+        keys_out.with_suffix(".error").unlink(missing_ok=True)
         proc = ctx.Process(target=_run_slice, name=f"labfleet-sim-{p}", daemon=True,
                            args=(part, authorized_file, password, str(directory), str(keys_out)))
         proc.start()
@@ -195,7 +202,9 @@ def start(count: int, directory: Path, authorized_file: str, password: str = "",
             if time.monotonic() > deadline or not workers[p].is_alive():
                 for w in workers:
                     w.kill()
-                raise RuntimeError("simulated hosts did not start")
+                error = keys_out.with_suffix(".error")
+                raise RuntimeError("simulated hosts did not start" +
+                                   (f": {error.read_text()}" if error.exists() else ""))
             time.sleep(0.1)
         keys.update(json.loads(keys_out.read_text()))
     listing = [{"name": h.name, "address": "127.0.0.1", "ssh_port": h.port, "user": "lab",
