@@ -13,7 +13,8 @@ APT_PACKAGES+=(qemu-system-x86 qemu-system-arm qemu-system-misc qemu-utils libvi
   libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config libsystemd-dev ser2net
   gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
   libc6-dev-riscv64-cross libc6-dev-armhf-cross linux-source busybox-static flex bison bc
-  libelf-dev libssl-dev cpio xz-utils iproute2 e2fsprogs openssl util-linux python3-dev)
+  libelf-dev libssl-dev cpio xz-utils iproute2 e2fsprogs openssl util-linux mount procps
+  python3-dev)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
