@@ -81,7 +81,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] =
     power and flash station."""
     from labfleet.lab import lab
 
-    info = lab.status()
+    try:
+        info = lab.status()
+    except PermissionError as exc:
+        _fail(f"cannot read the lab's state ({exc.filename}): it holds credentials and is "
+              "readable by root only; run as root")
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
