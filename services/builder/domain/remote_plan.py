@@ -59,7 +59,13 @@ def work_root(work_dir: str) -> str:
 
 # ---- steps ------------------------------------------------------------------------------
 
-FETCH = r"""set -e
+# git writes a reflog entry for the clone and the checkout, naming "you" in it; with no
+# user.email configured it asks the resolver for the host's domain, which on a server
+# without working DNS waits out the resolver's timeout (measured: 10 s per command).  An
+# address from EMAIL (the user's own wins) skips that lookup.
+GIT_IDENT = 'export EMAIL="${EMAIL:-labfleet-builder@localhost}"\n'
+
+FETCH = GIT_IDENT + r"""set -e
 url=$1 mirror=$2
 mkdir -p "${mirror%/*}"
 exec 9>"$mirror.lock"
@@ -75,7 +81,7 @@ else
 fi
 """
 
-CHECKOUT = r"""set -e
+CHECKOUT = GIT_IDENT + r"""set -e
 mirror=$1 src=$2 commit=$3
 echo "==> checkout $commit"
 rm -rf "$src"
