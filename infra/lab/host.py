@@ -14,9 +14,11 @@ daemon of the host is started inside them with ``nsenter``.  Inside, the host ha
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from labfleet.lab import netns, procs
@@ -31,6 +33,17 @@ HOLDER_SCRIPT = r"""
 set -eu
 H=$1; NAME=$2; OWNER=$3; shift 3
 hostname "$NAME"
+# Paths of the machine that the private /run, /home and /tmp below would hide but the
+# host's daemons need (the Python environment and source tree labfleet runs from), given
+# as "keep PATH": stashed under the host's directory first, put back at the end.
+keeps=$(while [ $# -gt 0 ]; do [ "$1" = keep ] && printf '%s\n' "$2"; shift; done)
+i=0
+printf '%s\n' "$keeps" | while IFS= read -r k; do
+  [ -n "$k" ] || continue
+  i=$((i + 1))
+  mkdir -p "$H/keep/$i"
+  mount --bind "$k" "$H/keep/$i"
+done
 mount -t tmpfs -o size=64m,mode=755 lab-run /run
 mkdir -p /run/sshd /run/lock /run/libvirt
 mount -t tmpfs -o size=16m,mode=755 lab-home /home
@@ -43,6 +56,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     bind) mount --bind "$2" "$3"; shift 3 ;;
     whiteout) whiteouts="$whiteouts $2"; shift 2 ;;
+    keep) shift 2 ;;  # handled above
     *) echo "holder: unknown mount spec $1" >&2; exit 2 ;;
   esac
 done
@@ -51,10 +65,51 @@ if [ -n "$whiteouts" ]; then
   for w in $whiteouts; do mknod "/run/usrbin/upper/$w" c 0 0; done
   mount -t overlay lab-usrbin -o lowerdir=/usr/bin,upperdir=/run/usrbin/upper,workdir=/run/usrbin/work /usr/bin
 fi
-touch "$H/ready"
 mount -t tmpfs -o size=512m,mode=1777 lab-tmp /tmp
+# Put back the kept paths (stashed before the private mounts covered them).
+i=0
+printf '%s\n' "$keeps" | while IFS= read -r k; do
+  [ -n "$k" ] || continue
+  i=$((i + 1))
+  mkdir -p "$k"
+  mount --bind "$H/keep/$i" "$k"
+  umount -l "$H/keep/$i"
+done
+touch "$H/ready"
 exec sleep infinity
 """
+
+
+#: mount points the holder covers with its own file systems
+PRIVATE_MOUNTS = ("/tmp", "/home", "/run")
+
+
+def hidden_paths_to_keep(hdir: Path) -> list[str]:
+    """The machine's paths under /tmp, /home or /run that the host must still see.
+
+    A checkout (and its virtualenv) may live anywhere, /tmp included; station tools and
+    pdudaemon run from it inside the host.  (The lab directory itself must not lie under
+    these: the host's set-up stashes the kept paths in it.)
+    """
+    import labfleet
+
+    source_root = Path(next(iter(labfleet.__path__))).resolve()
+    candidates = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+                  Path(sys.executable).resolve().parent, source_root.parent}
+    for mod in ("labfleet.lab", "labfleet.shared"):
+        spec = importlib.util.find_spec(mod)
+        if spec and spec.origin:
+            candidates.add(Path(spec.origin).resolve().parents[2])
+    keep: list[str] = []
+    for path in sorted(candidates, key=lambda p: len(p.parts)):
+        if not any(path == Path(m) or Path(m) in path.parents for m in PRIVATE_MOUNTS):
+            continue
+        if path in (Path(m) for m in PRIVATE_MOUNTS):
+            continue
+        if any(Path(k) == path or Path(k) in path.parents for k in keep):
+            continue  # already inside a kept tree
+        keep.append(str(path))
+    return keep
 
 
 class HostError(RuntimeError):
@@ -168,6 +223,8 @@ def start_holder(lab: LabState, host: HostState, paths: LabPaths, mounts: list[s
     whiteouts = whiteouts_for(host.toolchains) if host.role == "build-server" else []
     for name in whiteouts:
         argv += ["whiteout", name]
+    for path in hidden_paths_to_keep(hdir):
+        argv += ["keep", path]
     log = hdir / "logs" / "holder.log"
     host.holder_pid = procs.spawn(argv, log)
     if not procs.wait_for(ready.exists, 10):
