@@ -169,6 +169,9 @@ ORDERING_FIELDS = ("build_id", "resource_id", "request_id", "env_id", "pipeline_
 
 #: how many transactions a fetched batch is split into when handled with ``batch_db``
 BATCH_TRANSACTIONS = 4
+#: fetched batches of a ``batch_db`` consumer handled at once (the next fetch goes on
+#: while earlier batches wait on the database)
+PIPELINED_BATCHES = 4
 
 
 class Delivery:
@@ -243,6 +246,8 @@ class Dispatcher:
         self.registrations: dict[str, Registration] = {}
         self._tracer = trace.get_tracer("labfleet.bus")
         self._detached: set[asyncio.Task[None]] = set()
+        self._in_flight = asyncio.Semaphore(PIPELINED_BATCHES)
+        self._tails: dict[str, asyncio.Future[None]] = {}
 
     def middleware(self) -> type[BaseMiddleware]:
         dispatcher = self
@@ -289,9 +294,42 @@ class Dispatcher:
                 [] for _ in range(min(BATCH_TRANSACTIONS, len(groups)))]
             for i, group in enumerate(groups.values()):
                 chunks[i % len(chunks)].append(group)
-            await asyncio.gather(*(self._run_chunk(first.batch_db, chunk) for chunk in chunks))
+            await self._pipeline(first.batch_db, chunks, list(groups))
             return
         await asyncio.gather(*(self._run_group(g) for g in groups.values()))
+
+    async def _pipeline(self, db: Any, chunks: list[list[list[tuple[Any, Registration, Any]]]],
+                        keys: list[str]) -> None:
+        """Handle a batch in the background so the consumer fetches the next one meanwhile.
+
+        At most ``PIPELINED_BATCHES`` are in flight (the fetch loop waits for a free place);
+        an entity's events still go in order: a batch first waits for the earlier batches
+        that hold events of the same entities (a chain of futures per entity key, linked
+        here, before anything runs, in the order the batches were fetched).
+        """
+        await self._in_flight.acquire()
+        loop = asyncio.get_running_loop()
+        before = [t for t in (self._tails.get(k) for k in keys) if t is not None]
+        mine = loop.create_future()
+        for key in keys:
+            self._tails[key] = mine
+
+        async def run() -> None:
+            try:
+                if before:
+                    await asyncio.gather(*before)
+                await asyncio.gather(*(self._run_chunk(db, chunk) for chunk in chunks))
+            finally:
+                if not mine.done():
+                    mine.set_result(None)
+                for key in keys:
+                    if self._tails.get(key) is mine:
+                        del self._tails[key]
+                self._in_flight.release()
+
+        task = asyncio.create_task(run(), name="labfleet-batch")
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
 
     async def _run_chunk(self, db: Any, chunk: list[list[tuple[Any, Registration, Any]]]) -> None:
         items = [item for group in chunk for item in group]
@@ -460,7 +498,9 @@ class Bus:
         the consumer goes on fetching; the handler calls ``msg.in_progress()`` meanwhile.
 
         ``batch_db=<Database>`` is for quick handlers whose only effects are writes to that
-        database and events it emits: a fetched batch is then handled in ONE transaction
+        database and events it emits: a fetched batch is then handled in a few transactions
+        (``BATCH_TRANSACTIONS``), several batches at once (``PIPELINED_BATCHES``, entity
+        order kept)
         (``db.consume``/``db.transaction``/``tx.emit`` inside the handler join it; the
         outbox rows are written together at the end), which saves a commit and several
         round trips per event.  If any handler of the batch raises, the transaction is
