@@ -49,7 +49,7 @@ mkdir -p /run/sshd /run/lock /run/libvirt
 mount -t tmpfs -o size=16m,mode=755 lab-home /home
 mkdir -p /home/lab
 mount -o loop,noatime "$H/disk.img" /home/lab
-for f in passwd group shadow hostname; do mount --bind "$H/etc/$f" "/etc/$f"; done
+for f in passwd group shadow hostname hosts; do mount --bind "$H/etc/$f" "/etc/$f"; done
 # Role mounts: "bind SRC DST" pairs, and "whiteout NAME" for /usr/bin entries.
 whiteouts=""
 while [ $# -gt 0 ]; do
@@ -146,6 +146,10 @@ def _etc_files(host: HostState, hdir: Path, password_hash: str) -> None:
     (etc / "shadow").write_text(f"{shadow}\n{host.user}:{password_hash}:19000:0:99999:7:::\n")
     os.chmod(etc / "shadow", 0o640)
     (etc / "hostname").write_text(host.name + "\n")
+    # the host resolves its own name, as a real one does: libvirtd looks it up when a
+    # domain starts and would otherwise wait for the resolver's time-out (seconds)
+    (etc / "hosts").write_text(f"127.0.0.1\tlocalhost\n{host.address}\t{host.name}\n"
+                               "::1\tlocalhost ip6-localhost ip6-loopback\n")
 
 
 def _ssh_files(host: HostState, hdir: Path, user_pubkey: str) -> None:
