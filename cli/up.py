@@ -39,6 +39,9 @@ def up(
         help="HTTP port of the gateway (default: LABFLEET_HTTP_PORT or 8080)")] = None,
     grace: Annotated[float, typer.Option(
         help="seconds a service gets to stop after SIGTERM before SIGKILL")] = 15.0,
+    demo: Annotated[bool, typer.Option(
+        "--demo", help="also bring up a small emulated lab (needs root) and register it, "
+        "so the UI shows a live lab")] = False,
 ) -> None:
     """Run NATS, PostgreSQL and every service on this machine, supervised."""
     settings = load_settings()
@@ -84,7 +87,8 @@ def up(
             env = _service_env(settings, data_dir, port, stack, secrets)
             specs = [ChildSpec(name, service_argv(name), env) for name in names]
             with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_supervise(specs, stack, run_files, out, grace, http_url, data_dir))
+                asyncio.run(_supervise(specs, stack, run_files, out, grace, http_url, data_dir,
+                                       demo))
         finally:
             # the services are down; let nothing interrupt stopping the servers under them
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -136,7 +140,7 @@ def _service_env(settings: Settings, data_dir: Path, port: int, stack: Stack,
 
 
 async def _supervise(specs: list[ChildSpec], stack: Stack, run_files: RunFiles, out: Output,
-                     grace: float, http_url: str, data_dir: Path) -> None:
+                     grace: float, http_url: str, data_dir: Path, demo: bool = False) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     supervisor = Supervisor(specs, run_files, out, grace_s=grace)
@@ -153,7 +157,7 @@ async def _supervise(specs: list[ChildSpec], stack: Stack, run_files: RunFiles, 
     await supervisor.start()
     announce = asyncio.create_task(
         _announce_when_ready(supervisor, stack.nats_url, [s.name for s in specs], out,
-                             http_url, data_dir))
+                             http_url, data_dir, demo))
     try:
         await stop.wait()
     finally:
@@ -164,7 +168,8 @@ async def _supervise(specs: list[ChildSpec], stack: Stack, run_files: RunFiles, 
 
 
 async def _announce_when_ready(supervisor: Supervisor, nats_url: str, names: list[str],
-                               out: Output, http_url: str, data_dir: Path) -> None:
+                               out: Output, http_url: str, data_dir: Path,
+                               demo: bool = False) -> None:
     """Wait until every service answers its ping, then say where to go."""
     started = time.monotonic()
     waiting = list(names)
@@ -190,6 +195,39 @@ async def _announce_when_ready(supervisor: Supervisor, nats_url: str, names: lis
     else:
         out.say("no UI: the gateway is not available")
     out.say("Ctrl-C stops everything")
+    if demo:
+        if "gateway" not in names:
+            out.say("demo: no gateway to register the lab with")
+            return
+        await asyncio.to_thread(_demo_lab, http_url, data_dir, out)
+
+
+def _demo_lab(http_url: str, data_dir: Path, out: Output) -> None:
+    """Bring up the small emulated lab and register it through the API, as a user would."""
+    from labfleet.lab import api as lab_api
+
+    out.say("demo: bringing up the emulated lab (the first time builds its kernels: minutes)")
+    try:
+        lab_api.ensure_demo_lab(say=lambda line: out.say(f"demo: {line}"))
+        token = _admin_token(data_dir)
+        for line in lab_api.register_all(http_url, token):
+            out.say(f"demo: {line}")
+    except Exception as exc:  # noqa: BLE001 - the stack keeps running without the demo lab
+        out.say(f"demo: the lab could not be brought up or registered: {exc} "
+                "(the lab needs root, QEMU and libvirt: `bash infra/setup.sh`); "
+                "labfleet itself keeps running")
+        return
+    out.say("demo: the lab is registered; `labfleet lab down` removes it")
+
+
+def _admin_token(data_dir: Path) -> str:
+    path = data_dir / CREDENTIALS_FILE
+    for _ in range(100):  # the gateway writes it on its first start
+        if path.exists():
+            break
+        time.sleep(0.1)
+    fields = dict(line.split(": ", 1) for line in path.read_text().splitlines() if ": " in line)
+    return fields["api_token"]
 
 
 def register(app: typer.Typer) -> None:
