@@ -131,21 +131,25 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 180)
     raise SystemExit("labfleet did not become healthy")
 
 
-def follow_log(client: httpx.Client, build_id: str, latencies: list[float]) -> None:
+def follow_log(client: httpx.Client, build_id: str, latencies: list[float],
+               notes: list[tuple[float, str]]) -> None:
     with client.stream("GET", f"/api/v1/builds/{build_id}/log", params={"follow": "1"},
                        timeout=None) as r:
         for line in r.iter_lines():
             arrived = time.time()
             if line.startswith("LFTS "):
                 latencies.append((arrived - float(line.split()[1])) * 1000)
+            elif line.startswith("[labfleet]"):
+                notes.append((arrived, line[:70]))
 
 
 def labfleet_run(client: httpx.Client, spec: dict[str, Any], latencies: list[float]) -> float:
-    started = time.monotonic()
+    started, submitted = time.monotonic(), time.time()
     r = client.post("/api/v1/builds", json=spec)
     r.raise_for_status()
     build_id = r.json()["id"]
-    follower = threading.Thread(target=follow_log, args=(client, build_id, latencies),
+    notes: list[tuple[float, str]] = []
+    follower = threading.Thread(target=follow_log, args=(client, build_id, latencies, notes),
                                 daemon=True)
     follower.start()
     while True:
@@ -157,6 +161,9 @@ def labfleet_run(client: httpx.Client, spec: dict[str, Any], latencies: list[flo
     if view["status"] != "succeeded":
         raise SystemExit(f"build {build_id} {view['status']}: {view.get('error')}")
     follower.join(10)
+    # where the time went: each of the builder's step notes, seconds after the submit
+    say("  " + "; ".join(f"+{at - submitted:.1f}s {text.removeprefix('[labfleet] ')[:40]}"
+                         for at, text in notes))
     return elapsed
 
 
@@ -168,7 +175,7 @@ def ssh(lab: dict[str, Any], host: dict[str, Any], command: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="runs of each kind (alternated)")
-    ap.add_argument("--files", type=int, default=240, help="C sources in the program")
+    ap.add_argument("--files", type=int, default=120, help="C sources in the program")
     ap.add_argument("--funcs", type=int, default=24, help="functions per source")
     args = ap.parse_args()
     if os.geteuid() != 0:
