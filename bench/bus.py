@@ -41,6 +41,7 @@ from labfleet.shared.service import Service  # noqa: E402
 from labfleet.shared.settings import Settings  # noqa: E402
 
 MIGRATIONS = Path(__file__).parent / "fixtures"
+BATCH_SIZE = 32
 
 
 async def offer(nc, subject: str, rate: float, seconds: float, inflight: asyncio.Semaphore) -> int:  # type: ignore[no-untyped-def]
@@ -88,7 +89,7 @@ def spawn(role: str, token: str, nats_url: str, db_url: str) -> subprocess.Popen
     """The consumer runs in its own process, as it does when deployed."""
     return subprocess.Popen(
         [sys.executable, __file__, "--role", role, "--token", token,
-         "--nats-url", nats_url, "--db-url", db_url],
+         "--nats-url", nats_url, "--db-url", db_url, "--batch", str(BATCH_SIZE)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
@@ -103,7 +104,7 @@ async def serve_labfleet(token: str, nats_url: str, db_url: str) -> None:
     settings = Settings(nats_url=nats_url, database_url=db_url, log_json=False)
     svc = Service.create(f"benchbus_{token}", settings, migrations=MIGRATIONS, db_pool_size=8)
 
-    @svc.bus.on_event(BenchPing, purpose="ping", subject=f"bench.ping{token}", batch_size=128,
+    @svc.bus.on_event(BenchPing, purpose="ping", subject=f"bench.ping{token}", batch_size=BATCH_SIZE,
                       batch_db=svc.db)
     async def on_ping(event: BenchPing, msg: Delivery) -> None:
         assert svc.db is not None
@@ -182,11 +183,15 @@ async def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="events offered per second")
     ap.add_argument("--seconds", type=float, default=20.0, help="sustained duration per round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32,
+                    help="the consumer's fetch batch (larger: more throughput, more latency)")
     ap.add_argument("--role", choices=["labfleet", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--token", help=argparse.SUPPRESS)
     ap.add_argument("--nats-url", help=argparse.SUPPRESS)
     ap.add_argument("--db-url", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch
     if args.role == "labfleet":
         logging.basicConfig(level=logging.WARNING)
         await serve_labfleet(args.token, args.nats_url, args.db_url)
@@ -209,6 +214,7 @@ async def main() -> None:
         "p50_ms": round(median([o["p50_ms"] for o in ours]), 2),
         "p99_ms": round(median([o["p99_ms"] for o in ours]), 2),
         "offered_per_s": args.rate,
+        "batch": args.batch,
         "seconds": args.seconds,
         "rounds": args.rounds,
         "lost": int(sum(o["sent"] - o["handled"] for o in ours)),
