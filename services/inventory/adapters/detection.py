@@ -10,41 +10,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from labfleet.shared.ssh import Credentials, RemoteCommandFailed, SshPool, probe_host_key
+from labfleet.shared.ssh import Credentials, RemoteCommandFailed, SshPool
 
 from ..domain.capabilities import BUILD_TOOLS, HostFacts
 from ..domain.errors import InventoryRefusal
 from ..domain.toolchains import compilers_to_probe
+from .remote import SshProbe
 
-#: remote commands in flight at once on the probe's connection (sshd's MaxSessions is 10)
-PARALLEL_COMMANDS = 4
-
-
-class BuildServerProbe:
-    def __init__(self, *, connect_timeout: float, command_timeout: float) -> None:
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
-
-    async def host_key(self, address: str, port: int) -> str:
-        """The key the host presents now (raises an ``SshError`` subclass when unreachable)."""
-        return await probe_host_key(address, port, self.connect_timeout)
-
+class BuildServerProbe(SshProbe):
     async def facts(self, address: str, port: int, creds: Credentials, host_key: str,
                     work_dir: str | None) -> HostFacts:
-        pool = SshPool(connect_timeout=self.connect_timeout, command_timeout=self.command_timeout)
-        limit = asyncio.Semaphore(PARALLEL_COMMANDS)
-
-        async def output(argv: Sequence[str]) -> str:
-            async with limit:
-                result = await pool.run(address, port, creds, host_key, argv)
-            return str(result.stdout or "")
-
-        async def version(program: str) -> tuple[str, str]:
-            async with limit:
-                result = await pool.run(address, port, creds, host_key, [program, "--version"],
-                                        check=False)
-            # 127: not installed; anything else non-zero: installed but broken
-            return program, str(result.stdout or "") if result.exit_status == 0 else ""
+        session = self.session(address, port, creds, host_key)
+        output, version = session.output, session.version
 
         async def disk() -> str:
             try:
@@ -81,7 +58,7 @@ class BuildServerProbe:
                     raise result
             nproc, cpuinfo, meminfo, df, cwd, versions = results
         finally:
-            await pool.close()
+            await session.close()
         return HostFacts(nproc=nproc, machine=machine, cpuinfo=cpuinfo, meminfo=meminfo, df=df,
                          work_dir=cwd.strip(), versions={p: v for p, v in versions if v})
 

@@ -17,15 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labfleet.shared.events.resource import Arch, KvmSupport
-from labfleet.shared.ssh import Credentials, RemoteCommandFailed, SshPool, probe_host_key
+from labfleet.shared.ssh import Credentials, RemoteCommandFailed
 from labfleet.shared.ssh.libvirt import LibvirtFailure, classify, open_remote
 
 from ..domain.errors import InventoryRefusal
+from .remote import SshProbe
 from ..domain.qemu import EMULATOR_OF, LIBVIRT_ARCHES, kvm_probe_argv, parse_kvm_probe
 
 log = logging.getLogger(__name__)
 
-PARALLEL_COMMANDS = 4
 #: how long registration waits for libvirt's capabilities XML (see QemuHostProbe.libvirt)
 CAPABILITIES_WAIT_S = 8.0
 DEFAULT_IMAGE_DIR = "labfleet-images"
@@ -98,29 +98,11 @@ def _capabilities_then_close(conn: Any) -> str:
         conn.close()
 
 
-class QemuHostProbe:
-    def __init__(self, *, connect_timeout: float, command_timeout: float) -> None:
-        self.connect_timeout = connect_timeout
-        self.command_timeout = command_timeout
-
-    async def host_key(self, address: str, port: int) -> str:
-        return await probe_host_key(address, port, self.connect_timeout)
-
+class QemuHostProbe(SshProbe):
     async def facts(self, address: str, port: int, creds: Credentials, host_key: str,
                     image_dir: str | None) -> QemuHostFacts:
-        pool = SshPool(connect_timeout=self.connect_timeout, command_timeout=self.command_timeout)
-        limit = asyncio.Semaphore(PARALLEL_COMMANDS)
-
-        async def output(argv: Sequence[str]) -> str:
-            async with limit:
-                result = await pool.run(address, port, creds, host_key, argv)
-            return str(result.stdout or "")
-
-        async def version(program: str) -> tuple[str, str]:
-            async with limit:
-                result = await pool.run(address, port, creds, host_key, [program, "--version"],
-                                        check=False)
-            return program, str(result.stdout or "") if result.exit_status == 0 else ""
+        session = self.session(address, port, creds, host_key)
+        output, version = session.output, session.version
 
         async def images() -> str:
             try:
@@ -135,11 +117,9 @@ class QemuHostProbe:
                     field="image_dir") from None
 
         async def kvm() -> KvmSupport:
-            async with limit:
-                result = await pool.run(
-                    address, port, creds, host_key,
-                    ["timeout", "-s", "KILL", str(KVM_KILL_AFTER_S), *kvm_probe_argv()],
-                    check=False, timeout=KVM_KILL_AFTER_S + 5)
+            result = await session.run(
+                ["timeout", "-s", "KILL", str(KVM_KILL_AFTER_S), *kvm_probe_argv()],
+                check=False, timeout=KVM_KILL_AFTER_S + 5)
             return parse_kvm_probe(result.exit_status, str(result.stdout or ""),
                                    str(result.stderr or ""))
 
@@ -154,7 +134,7 @@ class QemuHostProbe:
                     raise result
             nproc, meminfo, image_df, kvm_support, versions = results
         finally:
-            await pool.close()
+            await session.close()
         where, _, df = str(image_df).partition("\n")
         return QemuHostFacts(machine=machine.strip(), nproc=str(nproc), meminfo=str(meminfo),
                              image_dir=where.strip(), df=df, kvm=kvm_support,  # type: ignore[arg-type]
@@ -190,12 +170,11 @@ class QemuHostProbe:
     async def libvirt_diagnosis(self, address: str, port: int, creds: Credentials,
                                 host_key: str) -> tuple[bool, str]:
         """(installed, what the host's own virsh says) when libvirt could not be opened."""
-        pool = SshPool(connect_timeout=self.connect_timeout, command_timeout=30)
+        session = self.session(address, port, creds, host_key)
         try:
-            result = await pool.run(address, port, creds, host_key,
-                                    ["sh", "-c", LIBVIRT_DIAGNOSIS], check=False)
+            result = await session.run(["sh", "-c", LIBVIRT_DIAGNOSIS], check=False, timeout=30)
         finally:
-            await pool.close()
+            await session.close()
         verdict, _, said = str(result.stdout or "").strip().partition("\n")
         lines = [ln.strip() for ln in said.splitlines() if ln.strip()]
         installed = verdict.strip() == "installed"
