@@ -17,6 +17,9 @@ class BuilderConfig(BaseSettings):
     artifact_bucket: str = "artifacts"
     #: keep build directories on the server after the build (for debugging)
     keep_build_dirs: bool = False
+    #: cleaned checkouts kept per repository on a server for the next build to reuse
+    #: (0: every build checks out afresh)
+    keep_trees: int = 1
     #: a cancel waits this long for the running build to stop before replying
     cancel_wait_s: float = 15.0
     #: how often artifacts past LABFLEET_ARTIFACT_RETENTION_DAYS are looked for and deleted

@@ -199,12 +199,12 @@ async def _run_attempt(event: BuildAllocated, msg: Delivery, deps: BuilderDeps,
             await heartbeat
         deps.active.pop(build_id, None)
     if finished and ws is not None and not deps.config.keep_build_dirs:
-        await _cleanup(host, ws)
+        await _cleanup(host, ws, event.spec.repo_url, deps.config.keep_trees)
 
 
-async def _cleanup(host: BuildHost, ws: plan.Workspace) -> None:
+async def _cleanup(host: BuildHost, ws: plan.Workspace, url: str, keep_trees: int) -> None:
     try:
-        await host.run(plan.cleanup(ws))
+        await host.run(plan.cleanup(ws, url, keep_trees))
     except (BuildError, RemoteCommandFailed) as exc:
         log.warning("build directory not removed", extra={"dir": ws.build_dir, "error": str(exc)})
 

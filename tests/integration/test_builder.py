@@ -358,12 +358,17 @@ async def test_auto_build_streams_its_log_live_and_stores_verified_artifacts(lab
     assert decided["chosen"] == server.name and decided["candidates"]
 
     # nothing left running, the build directory removed, the mirror kept for next time
+    # and the checkout too, cleaned: the commit's files and nothing the build made
     home = Path(os.path.expanduser("~"))
     build_dir = home / "labfleet" / "builds" / str(reply.build_id)
     await no_processes_left(str(build_dir))
     assert not build_dir.exists()
-    mirror = home / "labfleet" / "mirrors" / hashlib.sha1(f"file://{repo}".encode()).hexdigest()
+    key = hashlib.sha1(f"file://{repo}".encode()).hexdigest()
+    mirror = home / "labfleet" / "mirrors" / key
     assert (mirror / "HEAD").exists()
+    kept = home / "labfleet" / "trees" / key / str(reply.build_id)
+    assert sorted(p.name for p in kept.iterdir()) == [".git", "Makefile", "main.c"]
+    shutil.rmtree(kept.parent)
     shutil.rmtree(mirror)
     mirror.with_name(mirror.name + ".lock").unlink(missing_ok=True)
 
@@ -383,6 +388,14 @@ async def test_artifacts_by_commit_and_latest_successful_for_a_branch(lab: Lab, 
     two = await lab.wait_for(second.build_id)
     assert two.status == BuildStatus.SUCCEEDED, two.error
     assert two.commit == second_commit != one.commit  # the mirror was fetched again
+    # the second build took over the first one's cleaned checkout, at its own commit
+    chunks: list[tuple[float, LogChunk]] = []
+    sub = await collect_log(lab.nc, second.build_id, chunks)
+    async with asyncio.timeout(10):
+        while not any(c.eof for _, c in chunks):
+            await asyncio.sleep(0.1)
+    await sub.unsubscribe()
+    assert f"reused the tree of build {first.build_id}" in "".join(c.text for _, c in chunks)
 
     latest = await lab.request(ListArtifacts(ref="main", arch=Arch.X86_64, latest=True,
                                              repo_url=url), ArtifactListReply)

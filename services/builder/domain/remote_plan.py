@@ -7,6 +7,8 @@ Layout under the work root (``<work dir>/labfleet``):
 
 ``mirrors/<sha1 of url>``  a bare mirror per repository, cloned once, fetched later
 ``builds/<build id>/src``  the checkout of one build
+``trees/<sha1 of url>/<build id>``  a finished build's checkout, cleaned and kept for the
+next build of the repository (a kernel tree takes seconds to check out afresh)
 ``builds/<build id>/build.log``, ``pid``, ``exit-<step>``  the detached step's traces
 """
 from __future__ import annotations
@@ -38,7 +40,11 @@ class Workspace:
         return f"{self.root}/mirrors"
 
     def mirror(self, url: str) -> str:
-        return f"{self.mirrors}/{hashlib.sha1(url.encode()).hexdigest()}"  # noqa: S324 - a name
+        return f"{self.mirrors}/{_url_key(url)}"
+
+    def spare_trees(self, url: str) -> str:
+        """Where finished builds of ``url`` leave their cleaned checkouts for the next."""
+        return f"{self.root}/trees/{_url_key(url)}"
 
     @property
     def build_dir(self) -> str:
@@ -51,6 +57,10 @@ class Workspace:
     @property
     def log(self) -> str:
         return f"{self.build_dir}/build.log"
+
+
+def _url_key(url: str) -> str:
+    return hashlib.sha1(url.encode()).hexdigest()  # noqa: S324 - a name, not a secret
 
 
 def work_root(work_dir: str) -> str:
@@ -81,10 +91,28 @@ else
 fi
 """
 
+# A finished build's checkout of the same repository is taken over when there is one
+# (``mv`` is a rename: two builds never get the same tree), forced to the commit and
+# cleaned of everything untracked or ignored, so the tree is exactly the commit's, as a
+# fresh checkout would be; only files that differ are written.  Anything wrong with it
+# (a repacked mirror, a stale lock) and it is removed and the commit checked out afresh.
+# Hooks are off: a build may have written into the tree's .git.
 CHECKOUT = GIT_IDENT + r"""set -e
-mirror=$1 src=$2 commit=$3
+mirror=$1 src=$2 commit=$3 spares=$4
 echo "==> checkout $commit"
 rm -rf "$src"
+for tree in "$spares"/*; do
+  [ -d "$tree" ] || continue
+  mv "$tree" "$src" 2>/dev/null || continue
+  if git -C "$src" -c core.hooksPath=/dev/null -c advice.detachedHead=false \
+       checkout --quiet --force --detach "$commit" && git -C "$src" clean -ffdxq; then
+    echo "==> reused the tree of build ${tree##*/}"
+    exit 0
+  fi
+  echo "==> the kept tree ${tree##*/} is not usable; checking out afresh"
+  rm -rf "$src"
+  break
+done
 git clone --quiet --shared --no-checkout "$mirror" "$src"
 git -C "$src" -c advice.detachedHead=false checkout --quiet --detach "$commit"
 """
@@ -123,7 +151,8 @@ def fetch_step(ws: Workspace, url: str) -> list[str]:
 
 
 def checkout_step(ws: Workspace, url: str, commit: str) -> list[str]:
-    return ["sh", "-c", CHECKOUT, "checkout", ws.mirror(url), ws.src, commit]
+    return ["sh", "-c", CHECKOUT, "checkout", ws.mirror(url), ws.src, commit,
+            ws.spare_trees(url)]
 
 
 def configure_step(ws: Workspace, spec: BuildSpec, prefix: str) -> list[str] | None:
@@ -220,8 +249,24 @@ def kill_group(build_dir: str, grace_s: int = 5) -> list[str]:
     return ["sh", "-c", KILL, "labfleet-kill", build_dir, str(grace_s)]
 
 
-def cleanup(ws: Workspace) -> list[str]:
-    return ["rm", "-rf", "--", ws.build_dir]
+# A finished build's directory goes; its checkout, cleaned (tracked files as committed,
+# nothing untracked or ignored), is kept for the next build of the repository unless
+# ``keep`` trees are kept already.
+CLEANUP = r"""dir=$1 spares=$2 keep=$3
+src=$dir/src
+if [ "$keep" -gt 0 ] && [ -d "$src/.git" ] && \
+   [ "$(ls -A "$spares" 2>/dev/null | wc -l)" -lt "$keep" ] && \
+   git -C "$src" -c core.hooksPath=/dev/null reset --quiet --hard && \
+   git -C "$src" clean -ffdxq && mkdir -p "$spares"; then
+  mv "$src" "$spares/${dir##*/}" 2>/dev/null || true
+fi
+rm -rf -- "$dir"
+"""
+
+
+def cleanup(ws: Workspace, url: str, keep_trees: int = 1) -> list[str]:
+    return ["sh", "-c", CLEANUP, "labfleet-cleanup", ws.build_dir, ws.spare_trees(url),
+            str(max(0, keep_trees))]
 
 
 def sha256sums(paths: list[str]) -> list[str]:
