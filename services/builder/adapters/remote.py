@@ -128,9 +128,4 @@ class BuildHost:
             client.exit()
 
     async def sha256sums(self, paths: list[str]) -> dict[str, str]:
-        out = await self.output(plan.sha256sums(paths))
-        sums: dict[str, str] = {}
-        for line in out.splitlines():
-            digest, _, path = line.partition("  ")
-            sums[path] = digest
-        return sums
+        return plan.parse_sha256sums(await self.output(plan.sha256sums(paths)))
