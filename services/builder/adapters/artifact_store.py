@@ -1,44 +1,41 @@
 """Artifacts in the JetStream object store, streamed from the build server.
 
-nats-py's ``ObjectStore.put`` reads a file-like object in a worker thread; the reader
-below bridges that thread to the SFTP file on the event loop, hashing every byte on the
-way, so nothing is staged on local disk and the loop never blocks.
+The object is written in the object store's own layout (chunks on ``$O.<bucket>.C.<nuid>``,
+then its info on ``$O.<bucket>.M.<name>`` with a roll-up, digest ``SHA-256=``), so every
+NATS client reads it; but not through nats-py's ``ObjectStore.put``, which reads a
+file-like object in a worker thread and waits for each 128 KiB chunk's acknowledgement
+(with ``sync_interval: always``, one fsync) before reading the next.  Here the SFTP file
+is read ahead in 1 MiB blocks (asyncssh turns each into parallel requests) while earlier
+chunks are hashed and published with a few acknowledgements outstanding: reading the
+server, hashing and storing overlap, nothing is staged on local disk, and the event loop
+never blocks.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import hashlib
-import io
+import json
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError
+from nats.js import api
+from nats.js.api import ObjectStoreConfig, StorageType
+from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
+from nats.nuid import NUID
 
 BUCKET = "artifacts"
-CHUNK = 128 * 1024
-
-
-class _SftpReader(io.RawIOBase):
-    def __init__(self, remote_file: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self._file = remote_file
-        self._loop = loop
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:  # runs in put()'s worker thread
-        future = asyncio.run_coroutine_threadsafe(self._file.read(len(buffer)), self._loop)
-        data: bytes = future.result()
-        n = len(data)
-        buffer[:n] = data
-        self.sha256.update(data)
-        self.size += n
-        return n
+#: bytes per object-store chunk (and per SFTP read); at most the server's max_payload
+CHUNK = 1024 * 1024
+#: chunks read from the server ahead of the one being published
+READ_AHEAD = 4
+#: chunk publishes whose acknowledgement is still awaited
+IN_FLIGHT = 4
+ACK_TIMEOUT_S = 30.0
+_ROLLUP = "sub"  # Nats-Rollup: replace the subject's earlier info message
 
 
 def object_headers(metadata: dict[str, str]) -> dict[str, list[str]]:
@@ -66,6 +63,7 @@ class ArtifactStore:
         self._jetstream = jetstream
         self.bucket = bucket
         self._store: Any = None
+        self._js: Any = None
 
     async def _open(self) -> Any:
         if self._store is not None:
@@ -81,20 +79,97 @@ class ArtifactStore:
                         storage=StorageType.FILE))
             except Exception:  # noqa: BLE001 - created meanwhile by another replica
                 self._store = await js.object_store(self.bucket)
+        # one context for every upload: its asynchronous-acknowledgement inbox is made once
+        self._js = js
         return self._store
 
     async def upload(self, object_name: str, remote_file: Any,
-                     metadata: dict[str, str] | None = None) -> Stored:
-        reader = _SftpReader(remote_file, asyncio.get_running_loop())
-        meta = ObjectMeta(name=object_name, headers=object_headers(metadata)) if metadata else None
-        info = await (await self._open()).put(object_name, reader, meta=meta)
-        digest = (info.digest or "").split("=", 1)[-1]
-        stored = base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex() if digest else ""
-        return Stored(object_name=object_name, size=reader.size,
-                      sha256=reader.sha256.hexdigest(), stored_sha256=stored)
+                     metadata: dict[str, str] | None = None, *,
+                     chunk_size: int = CHUNK) -> Stored:
+        """Stream ``remote_file`` (anything with ``async read(n)``, e.g. an asyncssh SFTP
+        file) into the object ``object_name``; an object of that name is replaced."""
+        store = await self._open()
+        js = self._js
+        chunk_size = max(1, min(chunk_size, js._nc.max_payload))  # noqa: SLF001
+        nuid = NUID().next().decode()
+        chunk_subject = f"$O.{self.bucket}.C.{nuid}"
+        try:
+            previous = await store.get_info(object_name)
+        except ObjectNotFoundError:
+            previous = None
+
+        blocks: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
+
+        async def read_ahead() -> None:
+            try:
+                while data := await remote_file.read(chunk_size):
+                    await blocks.put(bytes(data))
+                await blocks.put(b"")
+            except Exception as exc:  # noqa: BLE001 - handed to the publishing side
+                await blocks.put(exc)
+
+        loop = asyncio.get_running_loop()
+        sha256 = hashlib.sha256()
+        size = chunks = 0
+        acks: deque[asyncio.Future[Any]] = deque()
+        hashed: asyncio.Future[None] | None = None
+        reader = asyncio.create_task(read_ahead())
+        try:
+            while True:
+                block = await blocks.get()
+                if isinstance(block, BaseException):
+                    raise block
+                if not block:
+                    break
+                # hashlib lets go of the GIL on large buffers: hash in a worker thread
+                # while this loop decrypts the next reads and publishes
+                if hashed is not None:
+                    await hashed
+                hashed = loop.run_in_executor(None, sha256.update, block)
+                acks.append(await js.publish_async(chunk_subject, block))
+                size += len(block)
+                chunks += 1
+                if len(acks) >= IN_FLIGHT:
+                    await asyncio.wait_for(acks.popleft(), ACK_TIMEOUT_S)
+            while acks:
+                await asyncio.wait_for(acks.popleft(), ACK_TIMEOUT_S)
+            if hashed is not None:
+                await hashed
+            digest = "SHA-256=" + base64.urlsafe_b64encode(sha256.digest()).decode()
+            info = api.ObjectInfo(
+                name=object_name, bucket=self.bucket, nuid=nuid, size=size, chunks=chunks,
+                mtime=datetime.now(UTC).isoformat(), digest=digest,
+                headers=object_headers(metadata) if metadata else None,
+                options=api.ObjectMetaOptions(max_chunk_size=chunk_size))
+            await js.publish(_meta_subject(self.bucket, object_name),
+                             json.dumps(info.as_dict()).encode(),
+                             headers={api.Header.ROLLUP: _ROLLUP})
+        except BaseException:
+            reader.cancel()
+            for ack in acks:
+                ack.cancel()
+            if hashed is not None:
+                await asyncio.gather(hashed, return_exceptions=True)
+            await asyncio.shield(self._purge(chunk_subject))
+            raise
+        finally:
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if previous is not None and not previous.deleted:
+            await self._purge(f"$O.{self.bucket}.C.{previous.nuid}")
+        return Stored(object_name=object_name, size=size, sha256=sha256.hexdigest(),
+                      stored_sha256=await self.stored_digest(object_name))
+
+    async def _purge(self, chunk_subject: str) -> None:
+        await self._js.purge_stream(f"OBJ_{self.bucket}", subject=chunk_subject)
 
     async def stored_digest(self, object_name: str) -> str:
         """The SHA-256 the object store keeps for an object, read back (hex)."""
         info = await (await self._open()).get_info(object_name)
         digest = (info.digest or "").split("=", 1)[-1]
         return base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex()
+
+
+def _meta_subject(bucket: str, object_name: str) -> str:
+    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(object_name.encode()).decode()}"

@@ -1,0 +1,193 @@
+"""The builder's artifact upload against a real sshd and real JetStream: objects of several
+chunks read over SFTP, stored in the object store's own layout (read back by nats-py's
+standard ``ObjectStore.get``, which checks the digest, and by the gateway's stream),
+replaced, failed half-way, and verified against the file on the server."""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from labfleet.builder.adapters.artifact_store import CHUNK, ArtifactStore
+from labfleet.builder.adapters.inventory import ServerAccess
+from labfleet.builder.adapters.log_stream import BuildLog
+from labfleet.builder.adapters.remote import BuildHost
+from labfleet.builder.attempt import BuildAttempt
+from labfleet.builder.domain import remote_plan as plan
+from labfleet.builder.domain.errors import BuildError
+from labfleet.shared.bus import ensure_streams
+from labfleet.shared.events.build import BuildSpec
+from labfleet.shared.events.resource import Arch, ResourceKind, ResourceView, SshTarget
+from labfleet.shared.ssh import Credentials, SshPool
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Any]:
+    conn = await nats.connect(nats_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def store(nc: Any, unique: str) -> AsyncIterator[ArtifactStore]:
+    bucket = f"test-artifacts-{unique}"
+    yield ArtifactStore(nc.jetstream, bucket=bucket)
+    await nc.jetstream().delete_object_store(bucket)
+
+
+@pytest.fixture
+async def host(sshd: Any) -> AsyncIterator[BuildHost]:
+    pool = SshPool(connect_timeout=5)
+    view = ResourceView(
+        resource_id=uuid.uuid4(), kind=ResourceKind.BUILD_SERVER, name="store-test",
+        ssh=SshTarget(address=sshd.host, port=sshd.port, username=sshd.username,
+                      host_key=sshd.host_key),
+        architectures=[Arch.X86_64])
+    yield BuildHost(pool, ServerAccess(view=view, creds=Credentials(
+        sshd.username, private_key=sshd.private_key)), command_timeout=30)
+    await pool.close()
+
+
+def server_file(sshd: Any, name: str, data: bytes) -> Path:
+    path = sshd.workdir / "files" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+async def stream_chunk_count(nc: Any, bucket: str) -> int:
+    from nats.js.api import StreamInfo
+
+    info: StreamInfo = await nc.jetstream().stream_info(f"OBJ_{bucket}",
+                                                         subjects_filter=f"$O.{bucket}.C.>")
+    return sum((info.state.subjects or {}).values())
+
+
+async def test_multi_chunk_artifact_round_trips_with_its_digest(
+        sshd: Any, host: BuildHost, store: ArtifactStore, nc: Any) -> None:
+    data = os.urandom(3 * CHUNK + 12_345)
+    path = server_file(sshd, "Image", data)
+    async with host.sftp() as sftp, sftp.open(str(path), "rb") as remote:
+        stored = await store.upload("b1/Image", remote, metadata={"build_id": "b1",
+                                                                  "toolchain": "gcc 12"})
+    digest = hashlib.sha256(data).hexdigest()
+    assert (stored.size, stored.sha256, stored.stored_sha256) == (len(data), digest, digest)
+
+    # a standard client reads it back and checks the digest itself
+    bucket = await nc.jetstream().object_store(store.bucket)
+    got = await bucket.get("b1/Image")
+    assert got.data == data
+    assert got.info.chunks == 4 and got.info.size == len(data)
+    assert got.info.headers == {"Labfleet-Build-Id": ["b1"], "Labfleet-Toolchain": ["gcc 12"]}
+    assert got.info.options.max_chunk_size == CHUNK
+
+    # the gateway's download stream, chunk by chunk, digest checked at the end
+    from labfleet.gateway.adapters import state
+
+    obj = state.StoredObject(name="b1/Image", size=len(data), sha256_hex=digest,
+                             nuid=got.info.nuid)
+    streamed = b""
+    original = state.ARTIFACTS_BUCKET
+    state.ARTIFACTS_BUCKET = store.bucket
+    try:
+        async for chunk in state.stream_artifact(nc.jetstream(), obj):
+            streamed += chunk
+    finally:
+        state.ARTIFACTS_BUCKET = original
+    assert streamed == data
+
+
+async def test_empty_and_small_chunked_artifacts(sshd: Any, host: BuildHost,
+                                                 store: ArtifactStore, nc: Any) -> None:
+    empty = server_file(sshd, "empty", b"")
+    small = os.urandom(10_000)
+    odd = server_file(sshd, "odd", small)
+    async with host.sftp() as sftp:
+        async with sftp.open(str(empty), "rb") as remote:
+            stored = await store.upload("b2/empty", remote)
+        async with sftp.open(str(odd), "rb") as remote:
+            chunked = await store.upload("b2/odd", remote, chunk_size=3000)
+    assert stored.size == 0 and stored.sha256 == hashlib.sha256(b"").hexdigest()
+    bucket = await nc.jetstream().object_store(store.bucket)
+    assert (await bucket.get("b2/empty")).data == b""
+    got = await bucket.get("b2/odd")
+    assert got.data == small and got.info.chunks == 4 and chunked.sha256 == stored_hex(small)
+
+
+def stored_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def test_replacing_an_object_drops_its_old_chunks(
+        sshd: Any, host: BuildHost, store: ArtifactStore, nc: Any) -> None:
+    first, second = os.urandom(2 * CHUNK + 1), os.urandom(CHUNK // 2)
+    async with host.sftp() as sftp:
+        for data in (first, second):
+            path = server_file(sshd, "zImage", data)
+            async with sftp.open(str(path), "rb") as remote:
+                await store.upload("b3/zImage", remote)
+    bucket = await nc.jetstream().object_store(store.bucket)
+    assert (await bucket.get("b3/zImage")).data == second
+    assert await stream_chunk_count(nc, store.bucket) == 1
+
+
+class Breaks:
+    """An SFTP file that fails after a few reads, as a lost connection does."""
+
+    def __init__(self, remote: Any, reads: int) -> None:
+        self.remote = remote
+        self.reads = reads
+
+    async def read(self, n: int) -> bytes:
+        self.reads -= 1
+        if self.reads < 0:
+            raise ConnectionResetError("connection lost mid-read")
+        return await self.remote.read(n)
+
+
+async def test_a_failed_read_leaves_no_object_and_no_chunks(
+        sshd: Any, host: BuildHost, store: ArtifactStore, nc: Any) -> None:
+    path = server_file(sshd, "vmlinux", os.urandom(5 * CHUNK))
+    async with host.sftp() as sftp, sftp.open(str(path), "rb") as remote:
+        with pytest.raises(ConnectionResetError, match="mid-read"):
+            await store.upload("b4/vmlinux", Breaks(remote, reads=3))
+    bucket = await nc.jetstream().object_store(store.bucket)
+    import nats.js.errors
+
+    with pytest.raises(nats.js.errors.ObjectNotFoundError):
+        await bucket.get_info("b4/vmlinux")
+    assert await stream_chunk_count(nc, store.bucket) == 0
+
+
+async def test_a_file_changed_after_reading_fails_verification(
+        sshd: Any, host: BuildHost, store: ArtifactStore, nc: Any) -> None:
+    js = nc.jetstream()
+    await ensure_streams(js)
+    build_id = uuid.uuid4()
+
+    async def nothing(*_args: Any) -> None:
+        return None
+
+    attempt = BuildAttempt(
+        build_id=build_id, number=1,
+        spec=BuildSpec(repo_url="file:///x", arch=Arch.X86_64, artifacts=["Image"]),
+        host=host, ws=plan.Workspace(root=str(sshd.workdir), build_id=build_id),
+        log=await BuildLog(js, build_id, 1).open(), store=store, toolchain_prefix="", jobs=1,
+        on_phase=nothing, guard=nothing)
+    data = os.urandom(CHUNK + 7)
+    path = server_file(sshd, f"Image-{build_id}", data)
+    [info] = await attempt.upload([(str(path), "Image")])  # verified: same bytes
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(BuildError) as failed:
+        await attempt.verify([(str(path), "Image")], [info])
+    assert failed.value.code == "artifact_checksum_mismatch"
+    assert info.sha256 in str(failed.value)
