@@ -181,7 +181,8 @@ class BuildAttempt:
         dropped: BuildError | None = None
         for _ in range(3):
             try:
-                self.offset = await self.host.follow(self.ws, self.offset, pid, self._sink)
+                self.offset = await self.host.follow(self.ws, name, self.offset, pid,
+                                                    self._sink)
             except BuildError as exc:
                 if not exc.retryable:
                     raise

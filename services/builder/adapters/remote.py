@@ -80,13 +80,13 @@ class BuildHost:
             raise BuildError("launch_failed", f"starting the {step} step on {self.name} "
                              f"printed no process id: {out[-200:]!r}") from None
 
-    async def follow(self, ws: plan.Workspace, offset: int, pid: int,
+    async def follow(self, ws: plan.Workspace, step: str, offset: int, pid: int,
                      sink: Callable[[bytes], Awaitable[None]]) -> int:
         """Stream the build log from ``offset`` until the step ends; returns the new offset."""
         a = self.access
         try:
             conn = await self.pool.connection(a.host, a.port, a.creds, a.host_key)
-            process = await conn.create_process(shlex.join(plan.follow(ws, offset, pid)),
+            process = await conn.create_process(shlex.join(plan.follow(ws, step, offset, pid)),
                                                 encoding=None)
             try:
                 while True:

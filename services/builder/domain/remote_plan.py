@@ -236,9 +236,22 @@ def launch(ws: Workspace, step: str, argv: list[str]) -> list[str]:
     return ["sh", "-c", LAUNCH, "labfleet-step", ws.build_dir, step, *argv]
 
 
-def follow(ws: Workspace, offset: int, pid: int) -> list[str]:
-    """Stream the log from byte ``offset`` until the step's group leader exits."""
-    return ["tail", "-c", f"+{offset + 1}", "-f", f"--pid={pid}", "-s", "0.2", ws.log]
+# Streams the log from byte $4 until the step is over: its exit status written, or its
+# process group gone.  Not ``tail --pid`` of the step's leader itself: the leader's
+# parent has exited, so init reaps it, and until then a zombie counts as alive (measured:
+# 1.6-2 s after every step on a machine whose init reaps late).  The watcher is this
+# shell's own child, reaped the moment it ends; tail then prints the rest and stops.
+FOLLOW = r"""dir=$1 step=$2 pid=$3 from=$4
+cd "$dir" || exit 97
+(while [ ! -e "exit-$step" ] && kill -s 0 -- "-$pid" 2>/dev/null; do sleep 0.1; done) &
+tail -c "+$from" -f --pid=$! -s 0.1 build.log
+"""
+
+
+def follow(ws: Workspace, step: str, offset: int, pid: int) -> list[str]:
+    """Stream the log from byte ``offset`` until the step has ended."""
+    return ["sh", "-c", FOLLOW, "labfleet-follow", ws.build_dir, step, str(pid),
+            str(offset + 1)]
 
 
 def step_status(ws: Workspace, step: str, pid: int) -> list[str]:
