@@ -46,6 +46,7 @@ from .dispatch import (  # noqa: F401 - re-exported: handlers import them from t
     Registration,
     backoff_for,
     dead_letter,
+    hand_over_partial_batches,
     normalise_fetch_timeouts,
 )
 from .events.envelope import Command, Event, Message, Reply
@@ -145,6 +146,7 @@ class Bus:
         from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 
         normalise_fetch_timeouts()
+        hand_over_partial_batches()
 
         broker = NatsBroker(
             # a comma-separated URL lists the cluster's seed servers

@@ -63,6 +63,44 @@ def normalise_fetch_timeouts() -> None:
     pull.fetch = fetch  # type: ignore[method-assign]
 
 
+def hand_over_partial_batches() -> None:
+    """Make faststream's batch pull consumer hand over what one fetch returned.
+
+    faststream (0.7) fetches again and again until the batch is full or its time-out
+    (0.5 s) has passed, so a lone event waited for the rest of that half second before
+    its handler ran (measured: ~130 ms on average for an event every 0.37 s, against
+    ~2 ms for one nats-py fetch, which already returns as soon as it has messages and
+    nothing more is waiting).  Under load a fetch returns full batches anyway.  Idempotent.
+    """
+    import nats.errors
+    from faststream.nats.subscriber.usecases.stream_pull_subscriber import (
+        BatchPullStreamSubscriber,
+    )
+    from nats.js.errors import ServiceUnavailableError
+
+    if getattr(BatchPullStreamSubscriber._consume_pull, "_labfleet_partial", False):
+        return
+
+    async def _consume_pull(self: Any) -> None:
+        assert self.subscription, "the subscription is created before its consume task"
+        batch_size = self.pull_sub.batch_size
+        timeout = self.pull_sub.timeout
+        while self.running:
+            try:
+                messages = await self.subscription.fetch(batch=batch_size, timeout=timeout)
+            except TimeoutError:  # nothing came (nats.errors.TimeoutError is one)
+                continue
+            except (nats.errors.ConnectionClosedError, ServiceUnavailableError):
+                # unacknowledged messages come back from the server; do not spin meanwhile
+                await asyncio.sleep(0.1)
+                continue
+            if messages and self.running:
+                await self.consume(messages)
+
+    _consume_pull._labfleet_partial = True  # type: ignore[attr-defined]
+    BatchPullStreamSubscriber._consume_pull = _consume_pull  # type: ignore[method-assign]
+
+
 class PermanentError(Exception):
     """Raise from a handler when retrying can never help: straight to the dead letters."""
 
