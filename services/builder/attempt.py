@@ -12,6 +12,7 @@ elsewhere.
 """
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import time
 import uuid
@@ -292,6 +293,9 @@ class BuildAttempt:
     async def upload(self, files: list[tuple[str, str]],
                      metadata: dict[str, str] | None = None) -> list[ArtifactInfo]:
         out: list[ArtifactInfo] = []
+        # the server hashes its files meanwhile (its own CPU, not this process's)
+        on_server = asyncio.create_task(self.host.sha256sums([p for p, _ in files])) \
+            if files else None
         try:
             async with self.host.sftp() as sftp:
                 for path, name in files:
@@ -305,13 +309,22 @@ class BuildAttempt:
                     out.append(ArtifactInfo(name=name, size=stored.size, sha256=stored.sha256,
                                             object_name=object_name, bucket=self.store.bucket,
                                             metadata=dict(metadata or {})))
-        except asyncssh.Error as exc:
-            raise server_lost(self.host.access, exc) from None
-        await self.verify(files, out)
+        except BaseException as exc:
+            if on_server is not None:
+                on_server.cancel()
+                await asyncio.gather(on_server, return_exceptions=True)
+            if isinstance(exc, asyncssh.Error):
+                raise server_lost(self.host.access, exc) from None
+            raise
+        await self.verify(files, out, await on_server if on_server is not None else {})
         return out
 
-    async def verify(self, files: list[tuple[str, str]], stored: list[ArtifactInfo]) -> None:
-        on_server = await self.host.sha256sums([p for p, _ in files]) if files else {}
+    async def verify(self, files: list[tuple[str, str]], stored: list[ArtifactInfo],
+                     on_server: dict[str, str] | None = None) -> None:
+        """Each stored artifact's SHA-256 against the file on the server (hashed there now
+        unless ``on_server`` has its sums) and the object store's record."""
+        if on_server is None:
+            on_server = await self.host.sha256sums([p for p, _ in files]) if files else {}
         for (path, name), artifact in zip(files, stored, strict=True):
             kept = await self.store.stored_digest(artifact.object_name)
             theirs = on_server.get(path)
