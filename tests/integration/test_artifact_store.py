@@ -93,15 +93,36 @@ async def test_multi_chunk_artifact_round_trips_with_its_digest(
 
     obj = state.StoredObject(name="b1/Image", size=len(data), sha256_hex=digest,
                              nuid=got.info.nuid)
-    streamed = b""
     original = state.ARTIFACTS_BUCKET
     state.ARTIFACTS_BUCKET = store.bucket
+    js = nc.jetstream()
     try:
-        async for chunk in state.stream_artifact(nc.jetstream(), obj):
-            streamed += chunk
+        assert await streamed(js, obj) == data  # direct gets
+        # a stream that allows no direct gets is read through a consumer
+        info = await js.stream_info(f"OBJ_{store.bucket}")
+        info.config.allow_direct = False
+        await js.update_stream(info.config)
+        assert await streamed(js, obj) == data
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+        # a wrong digest, or chunks gone, fail the stream instead of ending it quietly
+        with pytest.raises(state.ArtifactCorrupt):
+            await streamed(js, state.StoredObject(name="b1/Image", size=len(data),
+                                                  sha256_hex="00" * 32, nuid=got.info.nuid))
+        await js.purge_stream(f"OBJ_{store.bucket}", subject=f"$O.{store.bucket}.C.{obj.nuid}")
+        with pytest.raises(state.ArtifactCorrupt):
+            await streamed(js, obj)
     finally:
         state.ARTIFACTS_BUCKET = original
-    assert streamed == data
+
+
+async def streamed(js: Any, obj: Any) -> bytes:
+    from labfleet.gateway.adapters import state
+
+    out = b""
+    async for chunk in state.stream_artifact(js, obj):
+        out += chunk
+    return out
 
 
 async def test_empty_and_small_chunked_artifacts(sshd: Any, host: BuildHost,

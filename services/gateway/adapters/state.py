@@ -2,8 +2,10 @@
 artifacts (object store), build logs (stream LOGS)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -147,12 +149,77 @@ async def artifact_info(js: Any, object_name: str) -> StoredObject:
                         nuid=info.nuid or "")
 
 
+#: chunks fetched from the object store ahead of the one being sent to the client
+READ_AHEAD = 4
+
+
 async def stream_artifact(js: Any, obj: StoredObject) -> AsyncIterator[bytes]:
     """The object's chunks as they arrive (never the whole file in memory), checked
-    against its stored digest at the end."""
+    against its stored digest at the end.
+
+    Each chunk is a JetStream direct get of the next message on the object's chunk
+    subject, a few fetched ahead of the client: no consumer to create, and no flow-control
+    round trips (an ordered push consumer delivered about half as fast).  A bucket whose
+    stream does not allow direct gets is read through an ordered consumer instead.
+    """
     if obj.size == 0:
         return
-    sub = await js.subscribe(f"$O.{ARTIFACTS_BUCKET}.C.{obj.nuid}", ordered_consumer=True)
+    nc = js._nc  # noqa: SLF001 - direct gets are plain requests on the connection
+    api = f"$JS.API.DIRECT.GET.OBJ_{ARTIFACTS_BUCKET}"
+    subject = f"$O.{ARTIFACTS_BUCKET}.C.{obj.nuid}"
+
+    async def get_after(seq: int) -> tuple[int, bytes]:
+        msg = await nc.request(api, json.dumps({"seq": seq + 1, "next_by_subj": subject})
+                               .encode(), timeout=30.0)
+        headers = msg.headers or {}
+        if headers.get("Status"):
+            log.error("artifact chunk missing", extra={"object": obj.name})
+            raise ArtifactCorrupt(obj.name)
+        return int(headers["Nats-Sequence"]), msg.data
+
+    try:
+        first = await get_after(0)
+    except nats.errors.NoRespondersError:
+        async for chunk in _stream_by_consumer(js, obj, subject):
+            yield chunk
+        return
+
+    chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=READ_AHEAD)
+
+    async def fetch() -> None:
+        try:
+            seq, data = first
+            got = len(data)
+            await chunks.put(data)
+            while got < obj.size:
+                seq, data = await get_after(seq)
+                got += len(data)
+                await chunks.put(data)
+            await chunks.put(None)
+        except Exception as exc:  # noqa: BLE001 - handed to the sending side
+            await chunks.put(exc)
+
+    digest = hashlib.sha256()
+    size = 0
+    fetcher = asyncio.create_task(fetch())
+    try:
+        while (item := await chunks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            digest.update(item)
+            size += len(item)
+            yield item
+    finally:
+        fetcher.cancel()
+        await asyncio.gather(fetcher, return_exceptions=True)
+    if size != obj.size or (obj.sha256_hex and digest.hexdigest() != obj.sha256_hex):
+        log.error("artifact digest mismatch", extra={"object": obj.name})
+        raise ArtifactCorrupt(obj.name)
+
+
+async def _stream_by_consumer(js: Any, obj: StoredObject, subject: str
+                              ) -> AsyncIterator[bytes]:
+    sub = await js.subscribe(subject, ordered_consumer=True)
     digest = hashlib.sha256()
     try:
         while True:
