@@ -178,7 +178,7 @@ async def test_a_failed_read_leaves_no_object_and_no_chunks(
     path = server_file(sshd, "vmlinux", os.urandom(5 * CHUNK))
     async with host.sftp() as sftp, sftp.open(str(path), "rb") as remote:
         with pytest.raises(ConnectionResetError, match="mid-read"):
-            await store.upload("b4/vmlinux", Breaks(remote, reads=3))
+            await store.upload("b4/vmlinux", Breaks(remote, reads=1))
     bucket = await nc.jetstream().object_store(store.bucket)
     import nats.js.errors
 

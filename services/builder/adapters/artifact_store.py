@@ -5,8 +5,8 @@ then its info on ``$O.<bucket>.M.<name>`` with a roll-up, digest ``SHA-256=``), 
 NATS client reads it; but not through nats-py's ``ObjectStore.put``, which reads a
 file-like object in a worker thread and waits for each 128 KiB chunk's acknowledgement
 (with ``sync_interval: always``, one fsync) before reading the next.  Here the SFTP file
-is read ahead in 1 MiB blocks (asyncssh turns each into parallel requests) while earlier
-chunks are hashed and published with a few acknowledgements outstanding: reading the
+is read ahead in 4 MiB blocks (asyncssh turns each into parallel requests) while earlier
+1 MiB chunks are hashed and published with a few acknowledgements outstanding: reading the
 server, hashing and storing overlap, nothing is staged on local disk, and the event loop
 never blocks.
 """
@@ -28,10 +28,13 @@ from nats.js.errors import BucketNotFoundError, ObjectNotFoundError
 from nats.nuid import NUID
 
 BUCKET = "artifacts"
-#: bytes per object-store chunk (and per SFTP read); at most the server's max_payload
+#: bytes per object-store chunk; at most the server's max_payload
 CHUNK = 1024 * 1024
+#: bytes per SFTP read: asyncssh sends one such read as parallel requests (up to the
+#: server's read limit each), so a bigger read leaves fewer idle round trips between reads
+READ_SIZE = 4 * CHUNK
 #: chunks read from the server ahead of the one being published
-READ_AHEAD = 4
+READ_AHEAD = 8
 #: chunk publishes whose acknowledgement is still awaited
 IN_FLIGHT = 4
 ACK_TIMEOUT_S = 30.0
@@ -100,10 +103,14 @@ class ArtifactStore:
 
         blocks: asyncio.Queue[bytes | BaseException] = asyncio.Queue(maxsize=READ_AHEAD)
 
+        read_size = max(chunk_size, READ_SIZE // chunk_size * chunk_size)
+
         async def read_ahead() -> None:
             try:
-                while data := await remote_file.read(chunk_size):
-                    await blocks.put(bytes(data))
+                while data := await remote_file.read(read_size):
+                    view = memoryview(data)
+                    for at in range(0, len(view), chunk_size):
+                        await blocks.put(bytes(view[at:at + chunk_size]))
                 await blocks.put(b"")
             except Exception as exc:  # noqa: BLE001 - handed to the publishing side
                 await blocks.put(exc)
