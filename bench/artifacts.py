@@ -7,8 +7,8 @@ on loopback (``tests/sshd.py``), on this same machine.  Each round:
   on a ``BuildHost`` over the pooled asyncssh connection, already open as it is after a
   build): SFTP read from the server, SHA-256 while streaming, stored in the JetStream
   object store ``artifacts`` (file storage, the embedded server's ``sync_interval:
-  always``), then verified against ``sha256sum`` on the server and the digest the object
-  store recorded;
+  always``), then verified against the server's own checksum of the file (computed there
+  meanwhile) and the digest the object store recorded;
 * plain: OpenSSH's ``sftp`` getting the same file from the same sshd to local disk
   (over a master connection opened beforehand, as labfleet's is);
 * labfleet download: ``GET /api/v1/artifacts/<build>/<name>`` from a running gateway
