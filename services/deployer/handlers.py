@@ -138,6 +138,7 @@ async def release_env(cmd: ReleaseEnv, deps: DeployerDeps) -> DeployReply:
                                       if cmd.requested_by else "released while queued"))
             return DeployReply(ok=True, env_id=cmd.env_id)
         await repo.set_status(tx, cmd.env_id, EnvStatus.RELEASING)
+    await deps.end_tail(cmd.env_id)
     running = deps.running.get(cmd.env_id)
     if running is not None:  # a deployment in this process: stop it before the VM goes
         running.cancel()
@@ -196,6 +197,7 @@ async def _resolve(selector: ArtifactSelector, spec: EnvSpec, deps: DeployerDeps
 async def _new_deployment(deps: DeployerDeps, env_id: uuid.UUID, requested_by: str,
                           choose: object) -> DeployReply:
     """Shared by redeploy and rollback: ``choose(tx, env)`` gives the artifacts or a reply."""
+    await deps.end_tail(env_id)  # the last boot's console is closed before the next one
     async with deps.db.transaction() as tx:
         env = await repo.lock_env(tx, env_id)
         if env is None:

@@ -33,6 +33,7 @@ def create(settings: Settings, config: DeployerConfig | None = None) -> Service:
         deps.scratch.mkdir(parents=True, exist_ok=True)
 
     async def close() -> None:
+        await deps.stop_tails()
         await pool.close()
         libvirt_hosts.close()
 

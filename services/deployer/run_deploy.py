@@ -89,17 +89,24 @@ async def deploy(deps: DeployerDeps, env_id: uuid.UUID, number: int, progress: P
     console_log = await ConsoleLog(deps.bus.js, env_id, number).open()
     timings: dict[str, float] = {}
     judge = BootJudge(marker=spec.boot_marker)
+    console: Console | None = None
     try:
         access = await host_access(deps.bus, host_id)
         assert access.view.qemu is not None
         files = HostFiles(deps.pool, access, access.view.qemu.image_dir)
+        # the libvirt connection (an SSH login and libvirt's handshake) is made while the
+        # artifacts travel; a failure here is reported by the start below
+        connecting = asyncio.create_task(deps.libvirt.connect(access))
         started = time.perf_counter()
         boot = pick_boot_artifacts(spec, resolved.artifacts)
-        report = await files.ensure(
-            {a.sha256: a.name for a in boot.all()},
-            lambda name, path: deps.artifacts.fetch(
-                next(a for a in boot.all() if a.name == name), path),
-            deps.scratch, progress)
+        try:
+            report = await files.ensure(
+                {a.sha256: a.name for a in boot.all()},
+                lambda name, path: deps.artifacts.fetch(
+                    next(a for a in boot.all() if a.name == name), path),
+                deps.scratch, progress)
+        finally:
+            await asyncio.gather(connecting, return_exceptions=True)
         timings["transfer_s"] = time.perf_counter() - started
         async with deps.db.transaction() as tx:
             await repo.update_deployment(tx, env_id, number, status="starting",
@@ -126,16 +133,20 @@ async def deploy(deps: DeployerDeps, env_id: uuid.UUID, number: int, progress: P
                                     vm_name=plan.name))
 
         started = time.perf_counter()
-        try:
-            result = await watch_boot(console, judge, console_log, spec.boot_timeout_s,
-                                      deps.config.progress_every_s, progress)
-            timings["boot_s"] = time.perf_counter() - started
+        result = await watch_boot(console, judge, console_log, spec.boot_timeout_s,
+                                  deps.config.progress_every_s, progress)
+        timings["boot_s"] = time.perf_counter() - started
+        if result.verdict != Verdict.BOOTED:  # a failure's report includes what followed
             await _drain(console, judge, console_log, deps.config.console_grace_s)
-        finally:
             await console.close()
+            console = None
     except asyncio.CancelledError:
+        if console is not None:
+            await console.close()
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a classified BootFailed
+        if console is not None:
+            await console.close()
         error = _as_error(exc)
         await console_log.write(f"\n[labfleet] deployment {number} failed: {error.message}\n",
                                 eof=True)
@@ -143,7 +154,6 @@ async def deploy(deps: DeployerDeps, env_id: uuid.UUID, number: int, progress: P
                              judge.excerpt(), timings)
         return
     if result.verdict == Verdict.BOOTED:
-        await console_log.write(f"\n[labfleet] boot verified: {result.line}\n", eof=True)
         at = now()
         async with deps.db.transaction() as tx:
             await repo.update_deployment(tx, env_id, number, status="booted", finished_at=at,
@@ -157,6 +167,11 @@ async def deploy(deps: DeployerDeps, env_id: uuid.UUID, number: int, progress: P
                                        boot_s=timings["boot_s"], timings=timings))
         log.info("boot verified", extra={"env_id": str(env_id), "deployment": number,
                                          **{k: round(v, 3) for k, v in timings.items()}})
+        # the verdict went out at once; what the guest prints right after it (a prompt)
+        # is added to the boot log while the deployment is already done
+        assert console is not None
+        deps.keep_tail(env_id, _keep_tail(deps, env_id, number, console, judge, console_log,
+                                          f"\n[labfleet] boot verified: {result.line}\n"))
         return
     assert result.failure is not None
     await console_log.write(f"\n[labfleet] boot failed ({result.failure}): {result.line}\n",
@@ -213,6 +228,21 @@ async def _drain(console: Console, judge: BootJudge, console_log: ConsoleLog, gr
             return
         text = await console_log.write_bytes(data)
         judge.text += text
+
+
+async def _keep_tail(deps: DeployerDeps, env_id: uuid.UUID, number: int, console: Console,
+                     judge: BootJudge, console_log: ConsoleLog, note: str) -> None:
+    """The console for a little longer after the verdict (the rest of the marker's line,
+    a prompt), then the verdict's note and the end of this deployment's console."""
+    try:
+        await _drain(console, judge, console_log, deps.config.console_grace_s)
+    except asyncio.CancelledError:
+        pass  # a redeploy or release comes first; what was read is kept
+    finally:
+        await console.close()
+        await console_log.write(note, eof=True)
+    async with deps.db.transaction() as tx:
+        await repo.update_deployment(tx, env_id, number, boot_log=judge.text[-200_000:])
 
 
 async def _finish_failed(deps: DeployerDeps, env_id: uuid.UUID, number: int,

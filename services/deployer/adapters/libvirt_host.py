@@ -147,6 +147,10 @@ class LibvirtHosts:
             with contextlib.suppress(libvirt.libvirtError):
                 cached[1].close()
 
+    async def connect(self, access: HostAccess) -> None:
+        """Open (or check) the host's connection ahead of the calls that need it."""
+        await asyncio.to_thread(self._connect, access)
+
     async def _call(self, access: HostAccess, action: str, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(conn)`` in a thread; a dropped connection is re-opened once."""
         def run() -> Any:
@@ -168,12 +172,12 @@ class LibvirtHosts:
 
     async def start_with_console(self, access: HostAccess, name: str, xml: str,
                                  loop: asyncio.AbstractEventLoop) -> Console:
-        """Define the domain, start it paused, attach the console, then resume it: the
+        """Create the domain (transient: it exists while it runs, so nothing is left
+        defined on the host when it stops) paused, attach the console, then resume it: the
         console sees the first byte the guest prints."""
         def start(conn: Any) -> Console:
             _remove_domain(conn, name)
-            dom = conn.defineXML(xml)
-            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            dom = conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
             stream = conn.newStream(0)
             dom.openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
             console = Console(stream, dom, loop)
@@ -213,13 +217,20 @@ def _remove_domain(conn: Any, name: str) -> bool:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return False
         raise
+    try:
+        persistent = bool(dom.isPersistent())
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False  # a transient domain that stopped meanwhile
+        raise
     with contextlib.suppress(libvirt.libvirtError):  # not running is fine
         dom.destroy()
-    try:
-        dom.undefine()
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-            raise
+    if persistent:  # defined by an earlier version of the deployer, or by hand
+        try:
+            dom.undefine()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
     return True
 
 
