@@ -50,6 +50,7 @@ async def one_run(d: Any, pool: Any, lab: dict[str, Any]) -> dict[str, float]:
                        if s == "deploy.boot_verified" and e.get("env_id") == str(env_id))
     assert allocated
     timings = verified[0]["timings"]
+    stages = _stages(d.fleet.events, env_id, started)
     total = verified_at - started
     again = await d.fleet.request(RedeployEnv(env_id=env_id), DeployReply)
     assert again.ok, again.error
@@ -60,7 +61,36 @@ async def one_run(d: Any, pool: Any, lab: dict[str, Any]) -> dict[str, float]:
             "start_s": timings["start_s"], "boot_s": timings["boot_s"], "total_s": total,
             "overhead_s": total - timings["transfer_s"] - timings["boot_s"],
             "redeploy_bytes": float(transferred[1]["bytes_sent"]),
-            "first_bytes": float(transferred[0]["bytes_sent"])}
+            "first_bytes": float(transferred[0]["bytes_sent"]), **stages}
+
+
+# the first deployment's events in the order the deployer emits them; each stage is the
+# time between two of them, by the time the event was made (``occurred_at``), except the
+# last: made → seen by a subscriber (the outbox relay and JetStream)
+STAGES = (("env.allocated", "allocated_s"), ("deploy.started", "to_deploy_start_s"),
+          ("deploy.transferred", "to_transferred_s"), ("deploy.vm_started", "to_vm_started_s"),
+          ("deploy.boot_verified", "to_boot_verified_s"))
+
+
+def _stages(events: list[tuple[str, dict[str, Any], float]], env_id: Any,
+            started: float) -> dict[str, float]:
+    from datetime import datetime
+
+    first: dict[str, tuple[float, float]] = {}
+    for subject, body, seen in events:
+        if body.get("env_id") == str(env_id) and subject not in first:
+            first[subject] = (datetime.fromisoformat(body["occurred_at"]).timestamp(), seen)
+    out: dict[str, float] = {}
+    previous = started
+    for subject, key in STAGES:
+        if subject in first:
+            made, _ = first[subject]
+            out[key] = made - previous
+            previous = made
+    if "deploy.boot_verified" in first:
+        made, seen = first["deploy.boot_verified"]
+        out["verdict_delivery_s"] = seen - made
+    return out
 
 
 async def bench(nats_url: str, db_url: str) -> dict[str, Any]:
@@ -123,6 +153,10 @@ async def bench(nats_url: str, db_url: str) -> dict[str, Any]:
     keys = ("placement_s", "transfer_s", "start_s", "boot_s", "overhead_s", "total_s",
             "redeploy_bytes", "first_bytes")
     out: dict[str, Any] = {k: round(median([r[k] for r in runs]), 3) for k in keys}
+    out["stages"] = {key: round(median([r[key] for r in runs if key in r]), 3)
+                     for _, key in (*STAGES, ("", "verdict_delivery_s"))
+                     if any(key in r for r in runs)}
+    out["load_avg"] = round(os.getloadavg()[0], 2)
     out["redeploy_bytes"] = int(out["redeploy_bytes"])
     out["first_bytes"] = int(out["first_bytes"])
     out["runs"] = len(runs)
