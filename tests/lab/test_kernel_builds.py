@@ -8,7 +8,10 @@ re-extracts the tarball) into its per-server mirror, configures ``tinyconfig`` p
 options the lab's own boot kernels use, compiles with ``make -j<cores>`` and stores the
 image, ``.config`` and metadata in the object store.  The images are fetched back,
 checked against their SHA-256 and booted with the lab's initramfs under QEMU (TCG) until
-the init's marker shows on the console.
+the init's marker shows on the console.  The main test goes the whole way a developer
+goes: x86_64, arm64 and riscv64 kernels (the lab's initramfs built into each image) are
+deployed as environments by the scheduler and deployer to the lab's QEMU host over
+``qemu+ssh``, their boot verified from the console, and released (no domain left).
 
 The lab is this module's own (``LABFLEET_KBUILD_LAB_DIR``, default
 ``/var/lib/labfleet-lab-kbuild``; 2 build servers), brought down at the end if this
@@ -38,6 +41,7 @@ from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from labfleet.builder.main import create as create_builder
+from labfleet.deployer.main import create as create_deployer
 from labfleet.inventory.main import create as create_inventory
 from labfleet.monitor.main import create as create_monitor
 from labfleet.scheduler.main import create as create_scheduler
@@ -52,9 +56,21 @@ from labfleet.shared.events.build import (
     SubmitBuild,
     SubmitBuildReply,
 )
+from labfleet.shared.events.env import (
+    ArtifactSelector,
+    CreateEnv,
+    CreateEnvReply,
+    DeployReply,
+    EnvReply,
+    EnvSpec,
+    EnvStatus,
+    GetEnv,
+    ReleaseEnv,
+)
 from labfleet.shared.events.resource import (
     Arch,
     RegisterBuildServer,
+    RegisterQemuHost,
     RegistrationReply,
     RemoveResource,
     ResourceReply,
@@ -71,7 +87,9 @@ BUILD_TIMEOUT_S = 1200.0
 QEMU = {Arch.X86_64: ["qemu-system-x86_64", "-M", "pc"],
         Arch.ARM64: ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a53"]}
 CONSOLE = {Arch.X86_64: "ttyS0", Arch.ARM64: "ttyAMA0"}
-IMAGE = {Arch.X86_64: "bzImage", Arch.ARM64: "Image"}
+IMAGE = {Arch.X86_64: "bzImage", Arch.ARM64: "Image", Arch.RISCV64: "Image"}
+MACHINE = {Arch.X86_64: "x86_64", Arch.ARM64: "aarch64", Arch.RISCV64: "riscv64"}
+ARCHS = ("x86_64", "arm64", "riscv64")
 
 
 def lab_fragment(arch: str) -> list[str]:
@@ -85,6 +103,21 @@ def lab_fragment(arch: str) -> list[str]:
             if line.startswith("CONFIG_"):
                 lines.append(line.strip())
     return lines
+
+
+def builtin_initramfs(initrd_gz: str) -> Path:
+    """The lab's initramfs as a plain ``.cpio`` beside it (the kernel's build takes an
+    uncompressed archive as it is), in the image cache, which the lab's hosts see."""
+    import gzip
+
+    src = Path(initrd_gz)
+    out = src.with_name(src.name.removesuffix(".gz"))
+    if not out.exists():
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
+        tmp.write_bytes(gzip.decompress(src.read_bytes()))
+        tmp.chmod(0o644)
+        tmp.replace(out)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +135,9 @@ def kbuild_lab() -> Any:
     paths = LabPaths.from_env(KBUILD_LAB_DIR)
     say = lambda m: print(f"[lab] {m}")  # noqa: E731
     was_up = LabState.load(paths.state_file) is not None
-    images = build_all(paths, say, ["x86_64", "arm64"])  # the initramfs images (cached)
+    images = build_all(paths, say, list(ARCHS))  # the initramfs images (cached)
     gitrepos.ensure_linux(paths, say)  # the kernel mirror, made once per machine
-    labmod.up(labmod.LabSpec(build_servers=2, qemu_hosts=0, boards=0,
+    labmod.up(labmod.LabSpec(build_servers=2, qemu_hosts=1, boards=0,
                              missing_toolchains={}), paths, say=say)
     status = labmod.status(paths)
     status["images"] = {k: v.to_json() for k, v in images.items()}
@@ -122,6 +155,8 @@ class Fleet:
     servers: dict[str, ResourceView] = field(default_factory=dict)
     events: list[tuple[str, dict[str, Any], float]] = field(default_factory=list)
 
+    qemu_hosts: dict[str, ResourceView] = field(default_factory=dict)
+
     @property
     def scheduler_db(self) -> Any:
         return self.services[2].db
@@ -131,17 +166,36 @@ class Fleet:
                                     timeout=timeout)
         return reply_type.model_validate_json(msg.data)
 
-    async def register(self, name: str) -> ResourceView:
+    async def _register(self, name: str, command: Any, **fields: Any) -> ResourceView:
+        """Register one of the lab's hosts (its pinned key and this test's label)."""
         h = next(h for h in self.lab["hosts"] if h["name"] == name)
-        cmd = RegisterBuildServer(
+        cmd = command(
             hostname=f"{name}-{self.label}", address=h["address"], ssh_port=h["ssh_port"],
             username=h["user"], private_key=SecretStr(Path(h["key_path"]).read_text()),
-            expected_host_key_fingerprint=h["fingerprint"],
-            architectures=[Arch.X86_64, Arch.ARM64], labels={"kbuild": self.label})
+            expected_host_key_fingerprint=h["fingerprint"], labels={"kbuild": self.label},
+            **fields)
         reply = await self.request(cmd, RegistrationReply, timeout=90)
         assert reply.ok and reply.resource is not None, reply.error
-        self.servers[name] = reply.resource
         return reply.resource
+
+    async def register(self, name: str) -> ResourceView:
+        self.servers[name] = await self._register(
+            name, RegisterBuildServer, architectures=[Arch.X86_64, Arch.ARM64, Arch.RISCV64])
+        return self.servers[name]
+
+    async def register_qemu_host(self, name: str) -> ResourceView:
+        self.qemu_hosts[name] = await self._register(
+            name, RegisterQemuHost,
+            guest_architectures=[Arch.X86_64, Arch.ARM64, Arch.RISCV64])
+        return self.qemu_hosts[name]
+
+    async def env_settled(self, env_id: uuid.UUID, timeout: float = 300.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                reply = await self.request(GetEnv(env_id=env_id), EnvReply)
+                if reply.ok and reply.env.status in (EnvStatus.RUNNING, EnvStatus.FAILED):
+                    return reply.env
+                await asyncio.sleep(0.3)
 
     async def online(self, view: ResourceView, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
@@ -204,7 +258,8 @@ async def fleet(kbuild_lab, settings_factory, nats_url, unique) -> AsyncIterator
                                 build_min_disk_gb=1.0, disk_warning_gb=1.0, ack_wait_s=30.0)
     nc = await nats.connect(nats_url)
     f = Fleet(nc=nc, lab=kbuild_lab, label=unique)
-    for create in (create_inventory, create_monitor, create_scheduler, create_builder):
+    for create in (create_inventory, create_monitor, create_scheduler, create_builder,
+                   create_deployer):
         svc = create(settings)
         await svc.start()
         f.services.append(svc)
@@ -218,7 +273,7 @@ async def fleet(kbuild_lab, settings_factory, nats_url, unique) -> AsyncIterator
     try:
         yield f
     finally:
-        for view in f.servers.values():
+        for view in [*f.servers.values(), *f.qemu_hosts.values()]:
             await f.request(RemoveResource(resource_id=view.resource_id, requested_by="test"),
                             ResourceReply)
         await asyncio.sleep(0.3)
@@ -272,28 +327,50 @@ async def boot(arch: Arch, kernel: Path, initrd: str, timeout: float = 90.0) -> 
 # ---- tests ------------------------------------------------------------------------------
 
 
-async def test_x86_64_and_arm64_kernels_built_on_two_servers_boot_under_qemu(
+async def console_text(nc: Any, env_id: uuid.UUID) -> str:
+    """The environment's console as the deployer published it, to its end."""
+    from labfleet.shared.events.env import ConsoleChunk, console_subject
+
+    sub = await nc.jetstream().subscribe(console_subject(env_id), ordered_consumer=True)
+    text = []
+    try:
+        while True:
+            chunk = ConsoleChunk.model_validate_json((await sub.next_msg(timeout=3.0)).data)
+            text.append(chunk.text)
+            if chunk.eof:
+                break
+    except nats.errors.TimeoutError:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return "".join(text)
+
+
+async def test_kernels_built_on_two_servers_deploy_and_boot_on_a_qemu_host(
         fleet: Fleet, tmp_path: Path) -> None:
+    """x86_64, arm64 and riscv64 kernels built by the builder on two servers, then deployed
+    by the deployer to the lab's QEMU host over qemu+ssh and booted to the init's marker."""
+    from tests.lab.test_deploy_qemu import lab_domains
+
     git_url = fleet.lab["git"]["url"] + "linux.git"
     build1 = await fleet.register("build1")
     build2 = await fleet.register("build2")
+    qemu1 = await fleet.register_qemu_host("qemu1")
     await fleet.online(build1)
     await fleet.online(build2)
+    servers = {Arch.X86_64: build1, Arch.ARM64: build2, Arch.RISCV64: build1}
     started = time.monotonic()
-    ids = {
-        Arch.X86_64: await fleet.submit(repo_url=git_url, ref="main", arch=Arch.X86_64,
-                                        config="tinyconfig", server=build1.name,
-                                        config_options=lab_fragment("x86_64")),
-        Arch.ARM64: await fleet.submit(repo_url=git_url, ref="main", arch=Arch.ARM64,
-                                       config="tinyconfig", server=build2.name,
-                                       config_options=lab_fragment("arm64")),
-    }
+    ids = {}
+    for arch, server in servers.items():
+        initramfs = builtin_initramfs(fleet.lab["images"][arch.value]["initrd"])
+        ids[arch] = await fleet.submit(
+            repo_url=git_url, ref="main", arch=arch, config="tinyconfig", server=server.name,
+            config_options=[*lab_fragment(arch.value), f'CONFIG_INITRAMFS_SOURCE="{initramfs}"'])
     views = {arch: await fleet.finished(bid) for arch, bid in ids.items()}
-    print(f"\n[kernel builds] both done in {time.monotonic() - started:.0f} s")
+    print(f"\n[kernel builds] three done in {time.monotonic() - started:.0f} s")
     for arch, view in views.items():
         assert view.status == BuildStatus.SUCCEEDED, (arch, view.error)
-    assert views[Arch.X86_64].server_name == build1.name
-    assert views[Arch.ARM64].server_name == build2.name
+        assert view.server_name == servers[arch].name
 
     for arch, build_id in ids.items():
         view = views[arch]
@@ -305,37 +382,58 @@ async def test_x86_64_and_arm64_kernels_built_on_two_servers_boot_under_qemu(
         assert len(succeeded) == 1
         toolchain = succeeded[0]["toolchain"]
         assert "gcc" in toolchain, toolchain
-        if arch == Arch.ARM64:
-            assert "aarch64-linux-gnu-gcc" in toolchain
+        cross = {Arch.ARM64: "aarch64-linux-gnu-gcc", Arch.RISCV64: "riscv64-linux-gnu-gcc"}
+        if arch in cross:
+            assert cross[arch] in toolchain, toolchain
         image = next(a for a in view.artifacts if a.name == IMAGE[arch])
         meta = next(a for a in succeeded[0]["artifacts"] if a["name"] == IMAGE[arch])["metadata"]
         assert meta["toolchain"] == toolchain and meta["arch"] == arch.value
         assert meta["commit"] == view.commit and meta["server"] == view.server_name
         assert meta["repository"] == git_url and meta["config"] == "tinyconfig"
 
-        kernel, headers = await fetch_artifact(fleet.nc, image, tmp_path)
+        _, headers = await fetch_artifact(fleet.nc, image, tmp_path)
         assert headers.get("Labfleet-Toolchain") in ([toolchain], toolchain)
         config, _ = await fetch_artifact(
             fleet.nc, next(a for a in view.artifacts if a.name == "config"), tmp_path)
         applied = set(config.read_text().splitlines())
         assert {o for o in lab_fragment(arch.value) if o.endswith("=y")} - applied <= {
             "CONFIG_ARM_PSCI_FW=y"}  # selected by arm64 itself; harmless either way
+        assert any(line.startswith("CONFIG_INITRAMFS_SOURCE=\"/") for line in applied)
 
         phases = [e["phase"] for e in fleet.of(build_id, "build.progress")]
         firsts = list(dict.fromkeys(phases))
         assert firsts == ["fetch", "configure", "compile", "collect", "upload"], phases
 
-        console = await boot(arch, kernel, fleet.lab["images"][arch.value]["initrd"])
-        marker = next((line for line in console.splitlines() if "LABFLEET-BOOT-OK" in line),
-                      None)
-        assert marker is not None, console[-3000:]
-        print(f"[kernel builds] {arch.value}: {marker.strip()}")
-        machine = {Arch.X86_64: "x86_64", Arch.ARM64: "aarch64"}[arch]
-        assert machine in marker
-
     log = await fleet.log_text(ids[Arch.ARM64])
     assert "==> make tinyconfig" in log and "merge_config.sh" in log
     assert "ARCH=arm64" in log and "CROSS_COMPILE=aarch64-linux-gnu-" in log
+
+    # each build deployed as an environment on the QEMU host, one after the other
+    for arch, build_id in ids.items():
+        spec = EnvSpec(arch=arch, artifacts=ArtifactSelector(build_id=build_id),
+                       host=qemu1.name, memory_mb=256, boot_timeout_s=240)
+        reply = await fleet.request(CreateEnv(spec=spec, requested_by="kernel-dev"),
+                                    CreateEnvReply)
+        assert reply.ok and reply.env_id is not None, reply.error
+        assert reply.host_name == qemu1.name
+        env = await fleet.env_settled(reply.env_id)
+        assert env.status == EnvStatus.RUNNING, (arch, env.error, env.deployments)
+        assert env.build_id == build_id and env.commit == views[arch].commit
+        assert env.host_name == qemu1.name and env.vm_name
+        console = await console_text(fleet.nc, reply.env_id)
+        marker = next((line for line in console.splitlines() if "LABFLEET-BOOT-OK" in line),
+                      None)
+        assert marker is not None, console[-3000:]
+        assert MACHINE[arch] in marker, marker
+        print(f"[kernel builds] {arch.value} deployed on {qemu1.name}: {marker.strip()}")
+        assert lab_domains(fleet.lab, "qemu1").get(env.vm_name) is True
+
+        released = await fleet.request(ReleaseEnv(env_id=reply.env_id, requested_by="kernel-dev"),
+                                       DeployReply, timeout=60)
+        assert released.ok, released.error
+        async with asyncio.timeout(30):
+            while env.vm_name in lab_domains(fleet.lab, "qemu1"):
+                await asyncio.sleep(0.2)
 
 
 async def test_kernel_build_failures_name_their_cause(fleet: Fleet) -> None:
