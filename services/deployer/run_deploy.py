@@ -121,7 +121,9 @@ async def deploy(deps: DeployerDeps, env_id: uuid.UUID, number: int, progress: P
                       memory_mb=spec.memory_mb, kvm=spec.kvm,
                       kernel=files.cached_path(boot.kernel.sha256),
                       initrd=files.cached_path(boot.initrd.sha256) if boot.initrd else None,
-                      disk=disk, cmdline=kernel_cmdline(spec.arch, spec.cmdline, disk is not None))
+                      disk=disk, cmdline=kernel_cmdline(spec.arch, spec.cmdline, disk is not None),
+                      owner=env["requested_by"] or "", build_id=resolved.build_id,
+                      commit=resolved.commit, deployment=number)
         console = await deps.libvirt.start_with_console(access, plan.name, domain_xml(plan),
                                                         asyncio.get_running_loop())
         timings["start_s"] = time.perf_counter() - started

@@ -14,6 +14,7 @@ import asyncio
 import os
 import re
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,22 @@ def lab_host(lab: dict[str, Any], name: str) -> dict[str, Any]:
 def lab_creds(lab: dict[str, Any]) -> Credentials:
     h = lab["hosts"][0]
     return Credentials(username=h["user"], private_key=Path(h["key_path"]).read_text())
+
+
+def lab_domain_labels(lab: dict[str, Any], name: str, vm: str) -> tuple[str, str, str]:
+    """A domain's title, description and labfleet metadata element, read through libvirt."""
+    import libvirt  # type: ignore[import-untyped]
+
+    from labfleet.deployer.domain.vm import METADATA_NS
+
+    conn = libvirt.open(lab_host(lab, name)["libvirt_uri_lab"])
+    try:
+        dom = conn.lookupByName(vm)
+        return (dom.metadata(libvirt.VIR_DOMAIN_METADATA_TITLE, None),
+                dom.metadata(libvirt.VIR_DOMAIN_METADATA_DESCRIPTION, None),
+                dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS))
+    finally:
+        conn.close()
 
 
 def lab_domains(lab: dict[str, Any], name: str) -> dict[str, bool]:
@@ -223,6 +240,13 @@ async def test_each_architecture_deploys_boots_and_releases_leaving_nothing(
         print(f"\n[deploy] {arch}: on {view.host_name}, sent {transferred[0]['bytes_sent']} B, "
               f"timings {verified[0]['timings']}")
         assert lab_domains(d.lab, view.host_name).get(view.vm_name) is True
+        # whose VM it is and what it runs, for virsh and the host's page
+        title, description, meta = lab_domain_labels(d.lab, view.host_name, view.vm_name)
+        assert title.startswith(f"{view.requested_by}: build {str(build.build_id)[:8]}"), title
+        assert str(env_id) in description and build.commit in description, description
+        fields = {c.tag.rsplit("}", 1)[-1]: c.text for c in ET.fromstring(meta)}
+        assert fields["commit"] == build.commit and fields["build"] == str(build.build_id), meta
+        assert fields["owner"] == view.requested_by and fields["env"] == str(env_id), meta
 
     for arch, r in replies.items():
         await d.release(r.env_id)

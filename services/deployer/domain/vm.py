@@ -31,6 +31,12 @@ MACHINES: dict[Arch, GuestMachine] = {
 }
 
 
+#: the namespace of labfleet's element in a domain's ``<metadata>`` (libvirt keeps one
+#: element per namespace for the application that owns it)
+METADATA_NS = "https://labfleet.dev/xmlns/env/1"
+ET.register_namespace("labfleet", METADATA_NS)
+
+
 def vm_name(env_id: uuid.UUID) -> str:
     return f"labfleet-{env_id}"
 
@@ -47,10 +53,22 @@ class VmPlan:
     #: the per-environment writable disk (an overlay over the cached rootfs)
     disk: str | None
     cmdline: str
+    #: who asked for the environment, and what it runs: shown by ``virsh list --title``
+    #: and on the host's page, kept in the domain's labfleet metadata
+    owner: str = ""
+    build_id: uuid.UUID | None = None
+    commit: str | None = None
+    deployment: int = 1
 
     @property
     def name(self) -> str:
         return vm_name(self.env_id)
+
+    @property
+    def title(self) -> str:
+        build = f"build {str(self.build_id)[:8]}" if self.build_id else "no build"
+        commit = f" @ {self.commit[:12]}" if self.commit else ""
+        return f"{self.owner or 'unknown owner'}: {build}{commit} ({self.arch.value})"
 
 
 def kernel_cmdline(arch: Arch, extra: str, has_disk: bool) -> str:
@@ -67,7 +85,15 @@ def domain_xml(plan: VmPlan) -> str:
     dom = ET.Element("domain", type="kvm" if plan.kvm else "qemu")
     ET.SubElement(dom, "name").text = plan.name
     ET.SubElement(dom, "uuid").text = str(plan.env_id)
-    ET.SubElement(dom, "description").text = f"labfleet environment {plan.env_id}"
+    ET.SubElement(dom, "title").text = plan.title
+    ET.SubElement(dom, "description").text = (
+        f"labfleet environment {plan.env_id}, deployment {plan.deployment}; owner "
+        f"{plan.owner or 'unknown'}; build {plan.build_id or 'none'}; commit {plan.commit or 'unknown'}")
+    meta = ET.SubElement(ET.SubElement(dom, "metadata"), f"{{{METADATA_NS}}}env")
+    for key, value in (("env", str(plan.env_id)), ("deployment", str(plan.deployment)),
+                       ("owner", plan.owner), ("build", str(plan.build_id or "")),
+                       ("commit", plan.commit or "")):
+        ET.SubElement(meta, f"{{{METADATA_NS}}}{key}").text = value
     ET.SubElement(dom, "memory", unit="MiB").text = str(plan.memory_mb)
     ET.SubElement(dom, "vcpu").text = str(plan.vcpus)
     os_ = ET.SubElement(dom, "os")
