@@ -17,8 +17,10 @@ status names one as the board's power method.  See ``boards.py`` for the card fo
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from labfleet.lab.images import BootImages
 from labfleet.lab.paths import LabPaths
 from labfleet.lab.power import is_on, power_off, qemu_pid
 from labfleet.lab.state import BoardState, HostState, LabState
+
+log = logging.getLogger(__name__)
 
 PDU_PORT = 16421
 PDU_NAME = "pdu1"
@@ -60,8 +64,27 @@ def holder_mounts(lab: LabState, station: HostState, paths: LabPaths) -> list[st
     return ["bind", str(sdir / "bin"), "/usr/local/bin", "bind", str(sdir / "srv"), "/srv"]
 
 
+def open_path_to_interpreter(interpreter: str = sys.executable) -> list[str]:
+    """Let the station's unprivileged user reach this Python: the tools it runs over SSH
+    start with it.  Python installed under root's home (pyenv in ``/root``, mode 0700)
+    would refuse them with "Permission denied"; each directory on the way that others
+    cannot enter gets search permission only (``o+x``: nothing can be listed).  Returns
+    the directories changed."""
+    changed = []
+    for target in {Path(interpreter).absolute(), Path(interpreter).resolve()}:
+        for d in reversed(target.parents):
+            mode = d.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                d.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+                changed.append(str(d))
+    return changed
+
+
 def _write_tools(station: HostState, paths: LabPaths) -> None:
     bindir = _station_dir(paths, station) / "bin"
+    for d in open_path_to_interpreter():
+        log.warning("the station's tools run %s: directory %s opened for search (o+x) so "
+                    "its user can start them", sys.executable, d)
     for tool in TOOLS:
         script = bindir / tool
         module = "labfleet.lab.station_tools"

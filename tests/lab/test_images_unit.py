@@ -38,3 +38,26 @@ def test_card_round_trip(tmp_path: Path) -> None:
     blank = tmp_path / "blank.img"
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", str(blank), "8M"], check=True)
     assert read_card(blank, tmp_path / "out2") == {}
+
+
+def test_station_tools_interpreter_is_made_reachable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A Python under a directory others cannot enter (pyenv in /root, 0700) gets search
+    permission on the way, and only that; directories already open are left alone."""
+    import stat
+
+    from labfleet.lab.station import open_path_to_interpreter
+
+    home = tmp_path / "home"
+    bindir = home / "py" / "bin"
+    bindir.mkdir(parents=True)
+    interpreter = bindir / "python3"
+    interpreter.write_text("")
+    home.chmod(0o700)
+    try:
+        # (pytest's own temporary directories are 0700 too: opened on the way as well)
+        assert str(home) in open_path_to_interpreter(str(interpreter))
+        assert stat.S_IMODE(home.stat().st_mode) == 0o701
+        assert stat.S_IMODE((home / "py").stat().st_mode) == 0o755  # was open already
+        assert open_path_to_interpreter(str(interpreter)) == []
+    finally:
+        home.chmod(0o755)
