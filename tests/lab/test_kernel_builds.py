@@ -236,19 +236,25 @@ class Fleet:
                 if s == subject and d.get("build_id") == str(build_id)]
 
     async def log_text(self, build_id: uuid.UUID) -> str:
-        sub = await self.nc.jetstream().subscribe(f"log.build.{build_id}", ordered_consumer=True)
-        text = []
-        try:
-            while True:
-                chunk = LogChunk.model_validate_json((await sub.next_msg(timeout=2.0)).data)
-                text.append(chunk.text)
-                if chunk.eof:
-                    break
-        except nats.errors.TimeoutError:
-            pass
-        finally:
-            await sub.unsubscribe()
-        return "".join(text)
+        return await chunked_text(self.nc, f"log.build.{build_id}", LogChunk, idle_s=2.0)
+
+
+async def chunked_text(nc: Any, subject: str, model: Any, idle_s: float) -> str:
+    """A log published in numbered chunks (a build's, a console), read to its end (the
+    chunk marked ``eof``) or until nothing comes for ``idle_s``."""
+    sub = await nc.jetstream().subscribe(subject, ordered_consumer=True)
+    text = []
+    try:
+        while True:
+            chunk = model.model_validate_json((await sub.next_msg(timeout=idle_s)).data)
+            text.append(chunk.text)
+            if chunk.eof:
+                break
+    except nats.errors.TimeoutError:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return "".join(text)
 
 
 @pytest.fixture
@@ -331,19 +337,7 @@ async def console_text(nc: Any, env_id: uuid.UUID) -> str:
     """The environment's console as the deployer published it, to its end."""
     from labfleet.shared.events.env import ConsoleChunk, console_subject
 
-    sub = await nc.jetstream().subscribe(console_subject(env_id), ordered_consumer=True)
-    text = []
-    try:
-        while True:
-            chunk = ConsoleChunk.model_validate_json((await sub.next_msg(timeout=3.0)).data)
-            text.append(chunk.text)
-            if chunk.eof:
-                break
-    except nats.errors.TimeoutError:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return "".join(text)
+    return await chunked_text(nc, console_subject(env_id), ConsoleChunk, idle_s=3.0)
 
 
 async def test_kernels_built_on_two_servers_deploy_and_boot_on_a_qemu_host(
