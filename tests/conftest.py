@@ -97,3 +97,13 @@ def sshd(service_tmp: Path):  # type: ignore[no-untyped-def]
     server = start_sshd(service_tmp / "sshd")
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def nc(nats_url: str):  # type: ignore[no-untyped-def]
+    """A plain NATS connection to the test server, closed after the test."""
+    import nats
+
+    conn = await nats.connect(nats_url)
+    yield conn
+    await conn.close()

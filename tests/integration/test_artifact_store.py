@@ -29,13 +29,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[Any]:
-    conn = await nats.connect(nats_url)
-    yield conn
-    await conn.close()
-
-
-@pytest.fixture
 async def store(nc: Any, unique: str) -> AsyncIterator[ArtifactStore]:
     bucket = f"test-artifacts-{unique}"
     yield ArtifactStore(nc.jetstream, bucket=bucket)
