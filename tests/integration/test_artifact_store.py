@@ -90,7 +90,16 @@ async def test_multi_chunk_artifact_round_trips_with_its_digest(
     state.ARTIFACTS_BUCKET = store.bucket
     js = nc.jetstream()
     try:
-        assert await streamed(js, obj) == data  # direct gets
+        assert await streamed(js, obj) == data  # batched direct gets, one batch
+        batch_bytes = state.BATCH_BYTES
+        state.BATCH_BYTES = CHUNK + 1  # a batch of one or two chunks: several batches
+        requests = count_direct_gets(nc)
+        try:
+            assert await streamed(js, obj) == data
+        finally:
+            state.BATCH_BYTES = batch_bytes
+            del nc.publish
+        assert 2 <= len(requests) <= 4
         # a stream that allows no direct gets is read through a consumer
         info = await js.stream_info(f"OBJ_{store.bucket}")
         info.config.allow_direct = False
@@ -107,6 +116,61 @@ async def test_multi_chunk_artifact_round_trips_with_its_digest(
             await streamed(js, obj)
     finally:
         state.ARTIFACTS_BUCKET = original
+
+
+def count_direct_gets(nc: Any) -> list[bytes]:
+    """Record the direct-get requests published on ``nc`` (undone by ``del nc.publish``)."""
+    requests: list[bytes] = []
+    publish = nc.publish
+
+    async def counting(subject: str, payload: bytes = b"", **kw: Any) -> None:
+        if subject.startswith("$JS.API.DIRECT.GET."):
+            requests.append(payload)
+        await publish(subject, payload, **kw)
+
+    nc.publish = counting
+    return requests
+
+
+async def test_a_server_without_batched_direct_gets_is_read_a_chunk_a_request(
+        sshd: Any, host: BuildHost, unique: str) -> None:
+    """NATS before 2.11 ignores ``batch`` and answers one chunk; the stream goes on."""
+    from labfleet.gateway.adapters import state
+
+    try:
+        old = await nats.connect(OLD_NATS, connect_timeout=2, allow_reconnect=False)
+    except Exception:  # noqa: BLE001
+        pytest.skip(f"no NATS server at {OLD_NATS} to play an older server")
+    try:
+        version = tuple(int(x) for x in old._server_info["version"].split(".")[:2])
+        if version >= (2, 11):
+            pytest.skip(f"the NATS server at {OLD_NATS} is {version}: it has batches")
+        bucket = f"test-artifacts-old-{unique}"
+        store = ArtifactStore(old.jetstream, bucket=bucket)
+        data = os.urandom(3 * 1024 * 1024 + 77)
+        path = server_file(sshd, "old-Image", data)
+        async with host.sftp() as sftp, sftp.open(str(path), "rb") as remote:
+            stored = await store.upload("b9/Image", remote)
+        info = await (await old.jetstream().object_store(bucket)).get_info("b9/Image")
+        assert info.chunks == 4  # its max_payload (1 MB) made the chunks 1 MiB
+        obj = state.StoredObject(name="b9/Image", size=len(data), sha256_hex=stored.sha256,
+                                 nuid=info.nuid)
+        original = state.ARTIFACTS_BUCKET
+        state.ARTIFACTS_BUCKET = bucket
+        requests = count_direct_gets(old)
+        try:
+            assert await streamed(old.jetstream(), obj) == data
+        finally:
+            state.ARTIFACTS_BUCKET = original
+            del old.publish
+            await old.jetstream().delete_object_store(bucket)
+        assert len(requests) == 4
+    finally:
+        await old.close()
+
+
+#: a NATS server that may predate batched direct gets (Debian's package is 2.9)
+OLD_NATS = os.environ.get("LABFLEET_TEST_OLD_NATS_URL", "nats://127.0.0.1:4222")
 
 
 async def streamed(js: Any, obj: Any) -> bytes:

@@ -2,7 +2,6 @@
 artifacts (object store), build logs (stream LOGS)."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -149,69 +148,68 @@ async def artifact_info(js: Any, object_name: str) -> StoredObject:
                         nuid=info.nuid or "")
 
 
-#: chunks fetched from the object store ahead of the one being sent to the client
-READ_AHEAD = 4
+#: bytes one direct-get batch asks for: the server sends them without waiting, so they
+#: are what waits in this process's subscription while the client reads
+BATCH_BYTES = 16 * 1024 * 1024
+REPLY_TIMEOUT_S = 30.0
 
 
 async def stream_artifact(js: Any, obj: StoredObject) -> AsyncIterator[bytes]:
     """The object's chunks as they arrive (never the whole file in memory), checked
     against its stored digest at the end.
 
-    Each chunk is a JetStream direct get of the next message on the object's chunk
-    subject, a few fetched ahead of the client: no consumer to create, and no flow-control
-    round trips (an ordered push consumer delivered about half as fast).  A bucket whose
-    stream does not allow direct gets is read through an ordered consumer instead.
+    The chunks are read with JetStream batched direct gets (NATS 2.11+): one request
+    names the object's chunk subject, the sequence to start after and ``max_bytes``, and
+    the server answers with that many bytes of chunks and an end-of-batch status; the next
+    request starts after the last sequence received.  No consumer is created and there
+    are no flow-control round trips (an ordered push consumer delivered about half as
+    fast; one direct get per chunk, a round trip each, about 70 % as fast).  A server
+    that predates batches answers with one chunk per request, which works the same way,
+    only slower; a bucket whose stream does not allow direct gets is read through an
+    ordered consumer instead.
     """
     if obj.size == 0:
         return
-    nc = js._nc  # noqa: SLF001 - direct gets are plain requests on the connection
+    nc = js._nc
     api = f"$JS.API.DIRECT.GET.OBJ_{ARTIFACTS_BUCKET}"
     subject = f"$O.{ARTIFACTS_BUCKET}.C.{obj.nuid}"
-
-    async def get_after(seq: int) -> tuple[int, bytes]:
-        msg = await nc.request(api, json.dumps({"seq": seq + 1, "next_by_subj": subject})
-                               .encode(), timeout=30.0)
-        headers = msg.headers or {}
-        if headers.get("Status"):
-            log.error("artifact chunk missing", extra={"object": obj.name})
-            raise ArtifactCorrupt(obj.name)
-        return int(headers["Nats-Sequence"]), msg.data
-
-    try:
-        first = await get_after(0)
-    except nats.errors.NoRespondersError:
-        async for chunk in _stream_by_consumer(js, obj, subject):
-            yield chunk
-        return
-
-    chunks: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=READ_AHEAD)
-
-    async def fetch() -> None:
-        try:
-            seq, data = first
-            got = len(data)
-            await chunks.put(data)
-            while got < obj.size:
-                seq, data = await get_after(seq)
-                got += len(data)
-                await chunks.put(data)
-            await chunks.put(None)
-        except Exception as exc:  # noqa: BLE001 - handed to the sending side
-            await chunks.put(exc)
-
+    inbox = nc.new_inbox()
+    # room for a whole batch plus the chunk that overshoots it
+    sub = await nc.subscribe(inbox, pending_bytes_limit=4 * BATCH_BYTES,
+                             pending_msgs_limit=1 << 16)
     digest = hashlib.sha256()
-    size = 0
-    fetcher = asyncio.create_task(fetch())
+    size = seq = 0
     try:
-        while (item := await chunks.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            digest.update(item)
-            size += len(item)
-            yield item
+        while size < obj.size:
+            await nc.publish(api, json.dumps({"seq": seq + 1, "next_by_subj": subject,
+                                              "batch": 1 << 16, "max_bytes": BATCH_BYTES})
+                             .encode(), reply=inbox)
+            while True:
+                msg = await sub.next_msg(timeout=REPLY_TIMEOUT_S)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status == "204":  # end of this batch
+                    break
+                if status == "503" and size == 0:  # no direct gets on this stream
+                    async for chunk in _stream_by_consumer(js, obj, subject):
+                        yield chunk
+                    return
+                if status:
+                    log.error("artifact chunk missing", extra={
+                        "object": obj.name, "status": status, "after_sequence": seq})
+                    raise ArtifactCorrupt(obj.name)
+                seq = int(headers["Nats-Sequence"])
+                digest.update(msg.data)
+                size += len(msg.data)
+                yield msg.data
+                if "Nats-Num-Pending" not in headers:  # a server without batches
+                    break
+    except TimeoutError:
+        log.error("artifact chunk not delivered", extra={"object": obj.name,
+                                                           "after_sequence": seq})
+        raise ArtifactCorrupt(obj.name) from None
     finally:
-        fetcher.cancel()
-        await asyncio.gather(fetcher, return_exceptions=True)
+        await sub.unsubscribe()
     if size != obj.size or (obj.sha256_hex and digest.hexdigest() != obj.sha256_hex):
         log.error("artifact digest mismatch", extra={"object": obj.name})
         raise ArtifactCorrupt(obj.name)
