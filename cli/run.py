@@ -30,7 +30,8 @@ def run(
         raise typer.Exit(2)
     settings = load_settings()
     missing = [problem for problem in (_missing(settings.require_nats),
-                                       _missing(settings.require_database)) if problem]
+                                       _missing(settings.require_database),
+                                       _missing(settings.s3_config)) if problem]
     if missing:
         for problem in missing:
             typer.echo(f"labfleet run {service}: {problem}", err=True)

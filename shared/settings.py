@@ -6,9 +6,11 @@ generated into the data directory on first start by ``labfleet up``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,10 +54,68 @@ class Settings(BaseSettings):
     #: artifacts of builds older than this are deleted unless the build is pinned or tagged
     artifact_retention_days: float = 30.0
 
+    # Where the builder stores new artifacts: "jetstream" (the object store bucket) or
+    # "s3" (an S3-compatible store, the LABFLEET_S3_* settings)
+    artifact_store: str = "jetstream"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+
     # Telemetry
     log_level: str = "INFO"
     log_json: bool = True
     otlp_endpoint: str | None = None
+
+    @field_validator("artifact_store", mode="before")
+    @classmethod
+    def _known_store(cls, v: object) -> str:
+        name = str(v).strip().lower()
+        if name not in ("jetstream", "s3"):
+            raise ValueError(f"LABFLEET_ARTIFACT_STORE is {v!r}: use jetstream (the JetStream "
+                             "object store, the default) or s3 (an S3-compatible store, with "
+                             "the LABFLEET_S3_* settings)")
+        return name
+
+    def s3_config(self) -> S3Config | None:
+        """The S3-compatible store, when the builder stores artifacts there or any
+        LABFLEET_S3_* setting names one (artifacts stored there earlier stay readable);
+        None when neither.  A half-given configuration names what is missing."""
+        given = (self.s3_endpoint_url, self.s3_bucket, self.s3_access_key_id,
+                 self.s3_secret_access_key)
+        if self.artifact_store != "s3" and not any(given):
+            return None
+        why = ("LABFLEET_ARTIFACT_STORE is s3" if self.artifact_store == "s3"
+               else "some LABFLEET_S3_* settings are given")
+        missing = [name for name, value in (
+            ("LABFLEET_S3_ENDPOINT_URL", self.s3_endpoint_url),
+            ("LABFLEET_S3_BUCKET", self.s3_bucket),
+            ("LABFLEET_S3_ACCESS_KEY_ID", self.s3_access_key_id),
+            ("LABFLEET_S3_SECRET_ACCESS_KEY", self.s3_secret_access_key)) if not value]
+        if missing:
+            raise RuntimeError(
+                f"{why}, but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                "set: give the store's URL (https://s3.example.org), the bucket and the "
+                "access key id and secret, or unset the LABFLEET_S3_* settings and "
+                "LABFLEET_ARTIFACT_STORE to keep artifacts in the JetStream object store")
+        assert self.s3_endpoint_url and self.s3_bucket and self.s3_access_key_id
+        assert self.s3_secret_access_key is not None
+        url = urlsplit(self.s3_endpoint_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise RuntimeError(
+                f"LABFLEET_S3_ENDPOINT_URL is {self.s3_endpoint_url!r}: give the store's "
+                "http:// or https:// URL (https://s3.eu-west-1.amazonaws.com, "
+                "http://127.0.0.1:9000)")
+        bucket = self.s3_bucket.strip()
+        if not (3 <= len(bucket) <= 63) or not all(c.islower() or c.isdigit() or c in ".-"
+                                                   for c in bucket):
+            raise RuntimeError(
+                f"LABFLEET_S3_BUCKET is {self.s3_bucket!r}: an S3 bucket name is 3-63 "
+                "lower-case letters, digits, '.' and '-'")
+        return S3Config(endpoint_url=self.s3_endpoint_url, bucket=bucket,
+                        region=self.s3_region, access_key_id=self.s3_access_key_id,
+                        secret_access_key=self.s3_secret_access_key)
 
     def require_nats(self) -> str:
         if not self.nats_url:
@@ -72,6 +132,17 @@ class Settings(BaseSettings):
                 "(postgresql://user@host:5432/db), or use `labfleet up`, which starts an embedded one"
             )
         return self.database_url
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """An S3-compatible store, validated (see :meth:`Settings.s3_config`)."""
+
+    endpoint_url: str
+    bucket: str
+    region: str
+    access_key_id: str
+    secret_access_key: SecretStr
 
 
 def load_settings(**overrides: object) -> Settings:

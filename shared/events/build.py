@@ -169,6 +169,9 @@ class ArtifactInfo(BaseModel):
     sha256: str
     object_name: str
     bucket: str
+    #: which store holds it: "jetstream" (the object store bucket ``bucket``) or "s3"
+    #: (the S3-compatible store's bucket ``bucket``); events from before S3 say nothing
+    backend: str = "jetstream"
     #: where and how it was built (build id, repository, ref, commit, arch, config,
     #: toolchain, server); also kept as the object's headers in the store
     metadata: dict[str, str] = Field(default_factory=dict)
