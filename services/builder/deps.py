@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 
 from labfleet.shared.bus import Bus
 from labfleet.shared.db import Database
+from labfleet.shared.s3 import S3Store
 from labfleet.shared.settings import Settings
 from labfleet.shared.ssh import SshPool
 
 from .adapters.artifact_store import ArtifactStore
 from .adapters.history import CompileHistories
+from .adapters.s3_store import S3ArtifactStore
 from .config import BuilderConfig
 
 
@@ -19,7 +21,8 @@ class BuilderDeps:
     db: Database
     bus: Bus
     ssh: SshPool
-    store: ArtifactStore
+    #: where new artifacts go (LABFLEET_ARTIFACT_STORE)
+    store: ArtifactStore | S3ArtifactStore
     config: BuilderConfig
     settings: Settings
     #: this process's identity, recorded with each attempt it runs
@@ -28,3 +31,6 @@ class BuilderDeps:
     active: dict[uuid.UUID, int] = field(default_factory=dict)
     #: compile line counts and durations, for progress estimates
     histories: CompileHistories | None = None
+    #: the S3-compatible store, when configured (it may hold artifacts whichever
+    #: store new ones go to)
+    s3: S3Store | None = None

@@ -11,7 +11,13 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from labfleet.shared.bus import error_reply
-from labfleet.shared.events.build import ArtifactsExpired, BuildReply, PinBuild, TagBuild
+from labfleet.shared.events.build import (
+    ArtifactInfo,
+    ArtifactsExpired,
+    BuildReply,
+    PinBuild,
+    TagBuild,
+)
 from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
 
 from .adapters import marks
@@ -54,7 +60,15 @@ async def tag_build(cmd: TagBuild, deps: BuilderDeps) -> BuildReply:
     return await _marked_view(deps, cmd.build_id)
 
 
-async def _delete_object(deps: BuilderDeps, bucket: str, name: str) -> None:
+async def _delete_object(deps: BuilderDeps, artifact: ArtifactInfo) -> None:
+    if artifact.backend == "s3":
+        if deps.s3 is None:
+            raise RuntimeError(
+                f"artifact {artifact.object_name} is in the S3 bucket {artifact.bucket}, but "
+                "no S3 store is configured: set the LABFLEET_S3_* settings for the builder")
+        await deps.s3.delete(artifact.object_name, artifact.bucket)  # gone already: no error
+        return
+    bucket, name = artifact.bucket, artifact.object_name
     store = await deps.bus.js.object_store(bucket)
     try:
         await store.delete(name)
@@ -75,7 +89,7 @@ async def expire_artifacts(deps: BuilderDeps, now: datetime | None = None) -> in
             # objects first: a crash in between leaves rows pointing at nothing, and the
             # next pass deletes them; never an object that no row accounts for
             for a in artifacts:
-                await _delete_object(deps, a.bucket, a.object_name)
+                await _delete_object(deps, a)
             await marks.mark_expired(tx, build_id, now)
             await tx.emit(ArtifactsExpired(build_id=build_id, names=[a.name for a in artifacts],
                                            bytes_freed=sum(a.size for a in artifacts)))

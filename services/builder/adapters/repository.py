@@ -123,17 +123,17 @@ async def add_artifacts(tx: Transaction, build_id: uuid.UUID,
                         artifacts: list[ArtifactInfo]) -> None:
     for a in artifacts:
         await tx.execute(
-            "INSERT INTO artifacts (build_id, name, size, sha256, object_name, bucket) "
-            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (build_id, name) DO UPDATE SET "
-            "size = $3, sha256 = $4, object_name = $5, bucket = $6",
-            build_id, a.name, a.size, a.sha256, a.object_name, a.bucket)
+            "INSERT INTO artifacts (build_id, name, size, sha256, object_name, bucket, backend) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (build_id, name) DO UPDATE SET "
+            "size = $3, sha256 = $4, object_name = $5, bucket = $6, backend = $7",
+            build_id, a.name, a.size, a.sha256, a.object_name, a.bucket, a.backend)
 
 
 # ---- views ------------------------------------------------------------------------------
 
 
 async def artifacts_of(db: Conn, build_id: uuid.UUID) -> list[ArtifactInfo]:
-    rows = await db.fetch("SELECT name, size, sha256, object_name, bucket FROM artifacts "
+    rows = await db.fetch("SELECT name, size, sha256, object_name, bucket, backend FROM artifacts "
                           "WHERE build_id = $1 ORDER BY name", build_id)
     return [ArtifactInfo(**dict(r)) for r in rows]
 
@@ -178,11 +178,11 @@ async def recent_views(db: Conn, limit: int) -> list[BuildView]:
                             "ORDER BY build_id, attempt", ids):
         tries[r["build_id"]].append(_attempt(r))
     stored: dict[uuid.UUID, list[ArtifactInfo]] = {i: [] for i in ids}
-    for r in await db.fetch("SELECT build_id, name, size, sha256, object_name, bucket "
+    for r in await db.fetch("SELECT build_id, name, size, sha256, object_name, bucket, backend "
                             "FROM artifacts WHERE build_id = ANY($1::uuid[]) ORDER BY name", ids):
         stored[r["build_id"]].append(ArtifactInfo(
             name=r["name"], size=r["size"], sha256=r["sha256"], object_name=r["object_name"],
-            bucket=r["bucket"]))
+            bucket=r["bucket"], backend=r["backend"]))
     return [await _view(db, r, tries[r["build_id"]], stored[r["build_id"]]) for r in rows]
 
 
