@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from labfleet.shared.s3 import S3Store
 from labfleet.shared.service import Service
 from labfleet.shared.settings import Settings
 from labfleet.shared.ssh import SshPool
@@ -24,8 +25,10 @@ def create(settings: Settings, config: DeployerConfig | None = None) -> Service:
     pool = SshPool(connect_timeout=config.ssh_connect_timeout_s,
                    command_timeout=config.ssh_command_timeout_s)
     libvirt_hosts = LibvirtHosts(work / "libvirt-access", config.ssh_connect_timeout_s)
+    s3_config = settings.s3_config()  # a half-given S3 configuration stops the start here
+    s3 = S3Store(s3_config) if s3_config is not None else None
     deps = DeployerDeps(db=svc.db, bus=svc.bus, config=config, pool=pool,
-                        libvirt=libvirt_hosts, artifacts=ArtifactSource(lambda: svc.bus.js),
+                        libvirt=libvirt_hosts, artifacts=ArtifactSource(lambda: svc.bus.js, s3),
                         scratch=work / "scratch")
     register(svc.bus, deps)
 
@@ -36,6 +39,8 @@ def create(settings: Settings, config: DeployerConfig | None = None) -> Service:
         await deps.stop_tails()
         await pool.close()
         libvirt_hosts.close()
+        if s3 is not None:
+            await s3.close()
 
     svc.on_start.append(prepare)
     svc.on_stop.append(close)

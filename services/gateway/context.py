@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi.templating import Jinja2Templates
 from labfleet.shared.bus import Bus
+from labfleet.shared.s3 import S3Store
 from labfleet.shared.settings import Settings
 
 from .adapters.accounts import Accounts
@@ -25,3 +26,5 @@ class Gateway:
     metrics: Metrics
     #: the AsyncAPI document, rendered once on first request
     asyncapi: dict[str, Any] | None = field(default=None)
+    #: the S3-compatible artifact store, when configured (LABFLEET_S3_*)
+    s3: S3Store | None = None

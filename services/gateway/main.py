@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import uvicorn
+from labfleet.shared.s3 import S3Store
 from labfleet.shared.service import Service
 from labfleet.shared.settings import Settings
 
@@ -112,9 +113,10 @@ def create(settings: Settings) -> GatewayService:
     assert isinstance(svc, GatewayService) and svc.db is not None
     state = SharedState(svc.bus)
     metrics = Metrics()
+    s3_config = settings.s3_config()  # a half-given S3 configuration stops the start here
     gateway = Gateway(settings=settings, bus=svc.bus, accounts=Accounts(svc.db), state=state,
                       hub=LiveHub(svc.bus, state), templates=make_templates(),
-                      metrics=metrics)
+                      metrics=metrics, s3=S3Store(s3_config) if s3_config else None)
     gateway.hub.on_clients_changed = lambda n: metrics.sse_clients.set(n)
     svc.gateway = gateway
     server: EmbeddedServer | None = None
@@ -147,5 +149,7 @@ def create(settings: Settings) -> GatewayService:
                 await serving
 
     svc.on_start.append(start_http)
+    if gateway.s3 is not None:  # stop hooks run last-added first: after the HTTP side
+        svc.on_stop.append(gateway.s3.close)
     svc.on_stop.append(stop_http)
     return svc

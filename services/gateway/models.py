@@ -5,7 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from labfleet.shared.events.build import BuildPhase, BuildSpec, BuildStatus, BuildView
+from labfleet.shared.events.build import (
+    ArtifactInfo,
+    BuildPhase,
+    BuildSpec,
+    BuildStatus,
+    BuildView,
+)
 from labfleet.shared.events.envelope import ErrorInfo
 from labfleet.shared.events.health import HostSample
 from labfleet.shared.events.resource import (
@@ -195,7 +201,8 @@ class BuildPublic(BaseModel):
     pinned: bool = False
     tags: list[str] = Field(default_factory=list)
     artifacts_expired_at: datetime | None = None
-    #: where each artifact is stored (object store bucket / object name)
+    #: where each artifact is stored (object store bucket / object name, or
+    #: s3://bucket/key for the S3-compatible store)
     artifact_locations: list[str] = Field(default_factory=list)
 
     @classmethod
@@ -210,7 +217,12 @@ class BuildPublic(BaseModel):
                    log_url=f"/api/v1/builds/{view.build_id}/log",
                    duration_s=build_duration(view), pinned=view.pinned, tags=view.tags,
                    artifacts_expired_at=view.artifacts_expired_at,
-                   artifact_locations=[f"{a.bucket}/{a.object_name}" for a in view.artifacts])
+                   artifact_locations=[artifact_location(a) for a in view.artifacts])
+
+
+def artifact_location(a: ArtifactInfo) -> str:
+    return (f"s3://{a.bucket}/{a.object_name}" if a.backend == "s3"
+            else f"{a.bucket}/{a.object_name}")
 
 
 class BuildDetail(BuildPublic):

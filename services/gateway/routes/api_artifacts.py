@@ -1,6 +1,7 @@
 """``/api/v1/artifacts``: find a build's outputs and download them."""
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -8,13 +9,16 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from labfleet.shared.events.resource import Arch
+from labfleet.shared.s3 import S3ObjectCorrupt, S3ObjectMissing
 
 from .. import handlers
-from ..adapters.state import ArtifactNotFound, artifact_info, stream_artifact
+from ..adapters.state import ArtifactNotFound, StoredObject, artifact_info, stream_artifact
 from ..context import Gateway
 from ..deps import CurrentUser, GatewayDep
 from ..domain.errors import ApiError
 from ..models import ArtifactPublic
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 
@@ -38,22 +42,61 @@ async def download(build_id: uuid.UUID, gw: GatewayDep, _: CurrentUser,
 
 
 async def artifact_response(gw: Gateway, build_id: uuid.UUID, name: str) -> StreamingResponse:
-    """Stream one stored artifact (the API and the pages share this)."""
+    """Stream one stored artifact (the API and the pages share this), from the JetStream
+    object store or, where one is configured, the S3-compatible store: the store new
+    artifacts go to is asked first, the other one holds those stored before a change."""
     object_name = f"{build_id}/{name}"
-    try:
-        obj = await artifact_info(gw.bus.js, object_name)
-    except ArtifactNotFound:
+    s3_first = gw.s3 is not None and gw.settings.artifact_store == "s3"
+    response = await _from_s3(gw, object_name, name) if s3_first else None
+    if response is None:
+        try:
+            obj = await artifact_info(gw.bus.js, object_name)
+        except ArtifactNotFound:
+            obj = None
+        if obj is not None:
+            return _jetstream_response(gw, obj, name)
+    if response is None and not s3_first and gw.s3 is not None:
+        response = await _from_s3(gw, object_name, name)
+    if response is None:
         raise ApiError(404, "not_found", f"no artifact {name!r} is stored for build {build_id}",
                        hint=f"list them with GET /api/v1/artifacts?build_id={build_id}",
-                       field="name") from None
+                       field="name")
+    return response
 
+
+def _jetstream_response(gw: Gateway, obj: StoredObject, name: str) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         async for chunk in stream_artifact(gw.bus.js, obj):
             yield chunk
 
+    return _response(body(), obj.size, obj.sha256_hex, name)
+
+
+async def _from_s3(gw: Gateway, object_name: str, name: str) -> StreamingResponse | None:
+    assert gw.s3 is not None
+    s3 = gw.s3
+    try:
+        obj = await s3.head(object_name)
+    except S3ObjectMissing:
+        return None
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in s3.stream(obj):
+                yield chunk
+        except S3ObjectCorrupt as exc:
+            log.error("artifact digest mismatch", extra={"object": object_name,
+                                                         "why": exc.why})
+            raise
+
+    return _response(body(), obj.size, obj.sha256_hex, name)
+
+
+def _response(body: AsyncIterator[bytes], size: int, sha256_hex: str,
+              name: str) -> StreamingResponse:
     safe_name = name.replace('"', "")
-    return StreamingResponse(body(), media_type="application/octet-stream", headers={
-        "Content-Length": str(obj.size),
-        "X-Checksum-SHA256": obj.sha256_hex,
+    return StreamingResponse(body, media_type="application/octet-stream", headers={
+        "Content-Length": str(size),
+        "X-Checksum-SHA256": sha256_hex,
         "Content-Disposition": f'attachment; filename="{safe_name}"',
     })
