@@ -52,6 +52,16 @@ class S3ObjectCorrupt(Exception):
         self.why = why
 
 
+class S3Unavailable(Exception):
+    """The store did not answer, or refused otherwise than "no such object"."""
+
+    def __init__(self, endpoint_url: str, action: str, detail: str) -> None:
+        super().__init__(f"the S3 store at {endpoint_url} failed to {action}: {detail}")
+        self.endpoint_url = endpoint_url
+        self.action = action
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class S3Object:
     bucket: str
@@ -144,10 +154,8 @@ class S3Store:
         client = await self.client()
         try:
             info = await client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-        except client.exceptions.ClientError as exc:
-            if _status(exc) == 404:
-                raise S3ObjectMissing(bucket, key) from None
-            raise
+        except STORE_ERRORS as exc:
+            raise self._failed(exc, "look up", bucket, key) from None
         meta = {k.lower(): v for k, v in (info.get("Metadata") or {}).items()}
         return S3Object(bucket=bucket, key=key, size=int(info["ContentLength"]),
                         sha256_hex=meta.get("sha256", "").lower(),
@@ -163,10 +171,8 @@ class S3Store:
         client = await self.client()
         try:
             reply = await client.get_object(Bucket=obj.bucket, Key=obj.key)
-        except client.exceptions.ClientError as exc:
-            if _status(exc) == 404:
-                raise S3ObjectMissing(obj.bucket, obj.key) from None
-            raise
+        except STORE_ERRORS as exc:
+            raise self._failed(exc, "read", obj.bucket, obj.key) from None
         body = reply["Body"]
         digest = hashlib.sha256()
         size = 0
@@ -175,6 +181,8 @@ class S3Store:
                 digest.update(chunk)
                 size += len(chunk)
                 yield chunk
+        except STORE_ERRORS as exc:
+            raise self._failed(exc, "read", obj.bucket, obj.key) from None
         finally:
             body.close()
         want = obj.sha256_hex if expect_sha256 is None else expect_sha256
@@ -187,7 +195,27 @@ class S3Store:
     async def delete(self, key: str, bucket: str | None = None) -> None:
         """Delete the object; one that is gone already is no error (S3 answers the same)."""
         client = await self.client()
-        await client.delete_object(Bucket=bucket or self.bucket, Key=key)
+        try:
+            await client.delete_object(Bucket=bucket or self.bucket, Key=key)
+        except STORE_ERRORS as exc:
+            raise self._failed(exc, "delete", bucket or self.bucket, key) from None
+
+    def _failed(self, exc: BaseException, action: str, bucket: str, key: str) -> Exception:
+        """No such object (404, or a bucket that is not there), or the store failing."""
+        if hasattr(exc, "response") and _status(exc) == 404 and action != "delete":
+            return S3ObjectMissing(bucket, key)
+        return S3Unavailable(self.config.endpoint_url, f"{action} {bucket}/{key}", str(exc))
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    from aiohttp import ClientError as HttpError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError, HttpError)
+
+
+#: what the client raises when the store fails or cannot be reached
+STORE_ERRORS = _errors()
 
 
 def _status(exc: Any) -> int:

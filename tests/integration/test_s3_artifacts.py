@@ -300,3 +300,39 @@ async def test_a_build_stored_in_s3_and_expired_by_retention(
         assert art.object_name not in await keys(s3)
     finally:
         await stop_lab(lab)
+
+
+async def test_a_store_that_does_not_answer_is_a_clear_error_everywhere(
+        sshd: Any, host: BuildHost, nc: Any, tmp_path: Path) -> None:
+    from labfleet.embedded.ports import free_port
+    from labfleet.gateway.domain.errors import ApiError
+    from labfleet.gateway.routes.api_artifacts import artifact_response
+
+    secret = "do-not-show-this-secret"
+    down = S3Store(S3Config(endpoint_url=f"http://127.0.0.1:{free_port()}",
+                            bucket="artifacts-down", region="us-east-1",
+                            access_key_id="k", secret_access_key=SecretStr(secret)))
+    try:
+        attempt = await make_attempt(nc, sshd, host, S3ArtifactStore(down))
+        path = server_file(sshd, f"Image-{attempt.build_id}", os.urandom(1000))
+        with pytest.raises(BuildError) as failed:
+            await attempt.upload([(str(path), "Image")])
+        assert failed.value.code == "artifact_store_failed"
+        assert down.config.endpoint_url in failed.value.message
+        assert "LABFLEET_S3_" in (failed.value.hint or "")
+
+        gw = SimpleNamespace(s3=down, bus=SimpleNamespace(js=nc.jetstream()),
+                             settings=SimpleNamespace(artifact_store="s3"))
+        with pytest.raises(ApiError) as refused:
+            await artifact_response(gw, attempt.build_id, "Image")  # type: ignore[arg-type]
+        assert (refused.value.status, refused.value.code) == (503,
+                                                              "artifact_store_unavailable")
+
+        info = ArtifactInfo(name="Image", size=1000, sha256="0" * 64, bucket="artifacts-down",
+                            object_name=f"{attempt.build_id}/Image", backend="s3")
+        with pytest.raises(ArtifactMissing, match="the S3 store at .* failed to look up"):
+            await ArtifactSource(jetstream=None, s3=down).fetch(info, tmp_path / "Image")
+        for message in (failed.value.message, refused.value.message):
+            assert secret not in message
+    finally:
+        await down.close()

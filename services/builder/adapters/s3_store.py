@@ -24,7 +24,14 @@ import logging
 from collections import deque
 from typing import Any
 
-from labfleet.shared.s3 import S3Store, composite_sha256, object_metadata
+from labfleet.shared.s3 import (
+    STORE_ERRORS,
+    S3ObjectMissing,
+    S3Store,
+    S3Unavailable,
+    composite_sha256,
+    object_metadata,
+)
 
 from ..domain.errors import BuildError
 from .artifact_store import Stored
@@ -77,7 +84,34 @@ class S3ArtifactStore:
                      chunk_size: int = PART_SIZE, sha256: str = "") -> Stored:
         """Stream ``remote_file`` (anything with ``async read(n)``) into the object
         ``object_name``, replacing one of that name; ``sha256`` is the file's SHA-256 as
-        its server computed it, recorded as ``x-amz-meta-sha256``."""
+        its server computed it, recorded as ``x-amz-meta-sha256``.  The store failing
+        is a :class:`BuildError` ``artifact_store_failed`` that says what it answered."""
+        try:
+            return await self._upload(object_name, remote_file, metadata, chunk_size, sha256)
+        except (*STORE_ERRORS, S3Unavailable, S3ObjectMissing) as exc:
+            name = object_name.rsplit("/", 1)[-1]
+            raise BuildError(
+                "artifact_store_failed", f"{name}: the S3 store at "
+                f"{self.s3.config.endpoint_url} (bucket {self.bucket}) failed: {exc}",
+                hint="check that the store is up and that LABFLEET_S3_* (credentials, "
+                     "bucket, region) are right; then build again",
+                details={"artifact": name}) from None
+
+    async def stored_digest(self, object_name: str) -> str:
+        """The SHA-256 (hex) of what the store holds (see ``_stored_digest``)."""
+        try:
+            return await self._stored_digest(object_name)
+        except (*STORE_ERRORS, S3Unavailable, S3ObjectMissing) as exc:
+            name = object_name.rsplit("/", 1)[-1]
+            raise BuildError(
+                "artifact_store_failed", f"{name}: checking it in the S3 store at "
+                f"{self.s3.config.endpoint_url} failed: {exc}",
+                hint="check that the store is up; then build again",
+                details={"artifact": name}) from None
+
+    async def _upload(self, object_name: str, remote_file: Any,
+                      metadata: dict[str, str] | None, chunk_size: int,
+                      sha256: str) -> Stored:
         client = await self._ensure_bucket()
         part_size = max(1, chunk_size)
         meta = object_metadata(metadata or {}, sha256.lower())
@@ -170,9 +204,9 @@ class S3ArtifactStore:
         while len(self._computed) > _REMEMBERED:
             self._computed.pop(next(iter(self._computed)))
         return Stored(object_name=object_name, size=size, sha256=sha256_hex,
-                      stored_sha256=await self.stored_digest(object_name))
+                      stored_sha256=await self._stored_digest(object_name))
 
-    async def stored_digest(self, object_name: str) -> str:
+    async def _stored_digest(self, object_name: str) -> str:
         """The SHA-256 (hex) of what the store holds: the one computed while uploading when
         the store's own checksum of the object agrees with it, else the store's checksum
         as it differs; a store that keeps no checksum (or an object uploaded by another

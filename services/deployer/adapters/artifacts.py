@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from labfleet.shared.events.build import ArtifactInfo
-from labfleet.shared.s3 import S3ObjectCorrupt, S3ObjectMissing, S3Store
+from labfleet.shared.s3 import S3ObjectCorrupt, S3ObjectMissing, S3Store, S3Unavailable
 
 BUCKET = "artifacts"
 
@@ -68,6 +68,8 @@ class ArtifactSource:
             raise ArtifactMissing(
                 f"artifact {artifact.name} ({artifact.object_name}) is not in the S3 bucket "
                 f"{artifact.bucket}") from None
+        except S3Unavailable as exc:
+            raise ArtifactMissing(f"artifact {artifact.name}: {exc}") from None
         except S3ObjectCorrupt as exc:
             raise ArtifactMissing(f"artifact {artifact.name} in the S3 store: {exc.why}, "
                                   f"the build recorded {artifact.sha256}") from None

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from labfleet.shared.events.resource import Arch
-from labfleet.shared.s3 import S3ObjectCorrupt, S3ObjectMissing
+from labfleet.shared.s3 import S3ObjectCorrupt, S3ObjectMissing, S3Unavailable
 
 from .. import handlers
 from ..adapters.state import ArtifactNotFound, StoredObject, artifact_info, stream_artifact
@@ -79,6 +79,12 @@ async def _from_s3(gw: Gateway, object_name: str, name: str) -> StreamingRespons
         obj = await s3.head(object_name)
     except S3ObjectMissing:
         return None
+    except S3Unavailable as exc:
+        log.error("artifact store failed", extra={"object": object_name, "error": str(exc)})
+        raise ApiError(503, "artifact_store_unavailable",
+                       f"the S3 artifact store did not answer for {name!r}: {exc.detail}",
+                       hint="try again later; an operator checks the store and the "
+                            "gateway's LABFLEET_S3_* settings") from None
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -87,6 +93,10 @@ async def _from_s3(gw: Gateway, object_name: str, name: str) -> StreamingRespons
         except S3ObjectCorrupt as exc:
             log.error("artifact digest mismatch", extra={"object": object_name,
                                                          "why": exc.why})
+            raise
+        except S3Unavailable as exc:  # mid-stream: the download is cut short
+            log.error("artifact store failed", extra={"object": object_name,
+                                                      "error": str(exc)})
             raise
 
     return _response(body(), obj.size, obj.sha256_hex, name)
