@@ -14,7 +14,9 @@ on loopback (``tests/sshd.py``), on this same machine.  Each round:
 * labfleet download: ``GET /api/v1/artifacts/<build>/<name>`` from a running gateway
   (``labfleet run gateway``, its own process) written to a local file by ``curl``; the
   gateway streams the object store's chunks and checks their digest;
-* plain again, next to the download.
+* plain again, next to the download;
+* storing alone: the same bytes from memory through the builder's object-store writer
+  (``store_only_s``), the floor under any upload into this store on this machine.
 
 Runs alternate; medians are compared.  Ratio = labfleet throughput / plain throughput
 (target >= 0.8 each).  NATS and PostgreSQL come from ``LABFLEET_NATS_URL`` /
@@ -240,12 +242,36 @@ class Builder:
         took = time.monotonic() - started
         return took, info
 
+    async def store_only(self, data: bytes, object_name: str) -> float:
+        """Seconds to store ``data`` from memory through the same object-store writer: the
+        part of an upload that no faster transfer from the server can take away."""
+        started = time.monotonic()
+        stored = await self.store.upload(object_name, MemoryFile(data))
+        took = time.monotonic() - started
+        if stored.size != len(data):
+            raise RuntimeError(f"stored {stored.size} bytes of {len(data)}")
+        await self.delete(object_name)
+        return took
+
     async def delete(self, object_name: str) -> None:
         store = await self.store._open()  # noqa: SLF001 - the same bucket
         await store.delete(object_name)
 
     async def close(self) -> None:
         await self.pool.close()
+
+
+class MemoryFile:
+    """Bytes with the ``async read(n)`` of an SFTP file."""
+
+    def __init__(self, data: bytes) -> None:
+        self.view = memoryview(data)
+        self.at = 0
+
+    async def read(self, n: int) -> bytes:
+        out = bytes(self.view[self.at:self.at + n])
+        self.at += len(out)
+        return out
 
 
 def loadavg() -> list[float]:
@@ -292,6 +318,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if digest != expected or file_sha256(local / "Image") != expected:
                     raise RuntimeError(f"the downloaded artifact differs from {expected}")
                 row["labfleet_download_s"] = round(down_s, 3)
+                row["store_only_s"] = round(await builder.store_only(
+                    remote.read_bytes(), f"store-only-{n}"), 3)
                 row["plain_down_s"] = round(plain.get(str(remote), local / "plain-2"), 3)
                 if file_sha256(local / "plain-2") != expected:
                     raise RuntimeError("plain sftp fetched different bytes")
@@ -300,7 +328,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for f in local.iterdir():
                     f.unlink()
                 say(f"round {n}: upload {row['labfleet_upload_s']} s vs sftp "
-                    f"{row['plain_up_s']} s; download {row['labfleet_download_s']} s vs sftp "
+                    f"{row['plain_up_s']} s (storing alone {row['store_only_s']} s); "
+                    f"download {row['labfleet_download_s']} s vs sftp "
                     f"{row['plain_down_s']} s; load {row['load_avg']}")
                 rounds.append(row)
     finally:
@@ -329,6 +358,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "download_ratio_vs_sftp": round(plain_down / down, 3),
         "labfleet_upload_s": round(up, 3), "labfleet_upload_mb_s": mbs(up),
         "plain_sftp_up_s": round(plain_up, 3), "plain_sftp_up_mb_s": mbs(plain_up),
+        "store_only_s": round(med("store_only_s"), 3),
         "labfleet_download_s": round(down, 3), "labfleet_download_mb_s": mbs(down),
         "plain_sftp_down_s": round(plain_down, 3), "plain_sftp_down_mb_s": mbs(plain_down),
         "load_avg": [r["load_avg"] for r in rounds],
