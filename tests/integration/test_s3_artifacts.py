@@ -336,3 +336,26 @@ async def test_a_store_that_does_not_answer_is_a_clear_error_everywhere(
             assert secret not in message
     finally:
         await down.close()
+
+
+async def test_parts_of_growing_sizes_are_verified_like_equal_ones(
+        s3: S3Store, sshd: Any, host: BuildHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labfleet.builder.adapters import s3_store
+
+    monkeypatch.setattr(s3_store, "PARTS_PER_SIZE", 2)  # parts of 5, 5, 10, 10, then 1 MiB
+    mib = 1024 * 1024
+    data = os.urandom(31 * mib)
+    path = server_file(sshd, "rootfs-growing", data)
+    store = S3ArtifactStore(s3)
+    async with host.sftp() as sftp, sftp.open(str(path), "rb") as remote:
+        stored = await store.upload("b5/rootfs", remote, chunk_size=5 * mib,
+                                    sha256=hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).hexdigest()
+    # the store's checksum matched the one computed from these five parts
+    assert (stored.size, stored.sha256, stored.stored_sha256) == (len(data), digest, digest)
+    client = await s3.client()
+    parts = [data[:5 * mib], data[5 * mib:10 * mib], data[10 * mib:20 * mib],
+             data[20 * mib:30 * mib], data[30 * mib:]]
+    head = await client.head_object(Bucket=s3.bucket, Key="b5/rootfs", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"].split("-")[0] == base64.b64encode(hashlib.sha256(
+        b"".join(hashlib.sha256(p).digest() for p in parts)).digest()).decode()

@@ -131,3 +131,11 @@ def test_artifact_events_from_before_s3_say_jetstream() -> None:
                                        "object_name": "b/Image", "bucket": "artifacts"})
     assert old.backend == "jetstream"
 
+
+
+def test_parts_grow_so_that_ten_thousand_hold_hundreds_of_gigabytes() -> None:
+    from labfleet.builder.adapters.s3_store import PART_SIZE, _part_size
+
+    assert [_part_size(PART_SIZE, n) for n in (1, 1000, 1001, 2000, 2001, 10_000)] == [
+        PART_SIZE, PART_SIZE, 2 * PART_SIZE, 2 * PART_SIZE, 3 * PART_SIZE, 10 * PART_SIZE]
+    assert sum(_part_size(PART_SIZE, n) for n in range(1, 10_001)) > 400 * 10**9

@@ -3,7 +3,7 @@ build server.
 
 The same interface as the JetStream ``ArtifactStore`` (``upload`` → ``Stored``,
 ``stored_digest``), so a build attempt uses either.  A file is read over SFTP in 8 MiB
-parts, each part hashed (SHA-256 of the part, and of the whole file) in a worker thread
+parts (growing by 8 MiB every thousand parts, for S3's limit of 10,000), each part hashed (SHA-256 of the part, and of the whole file) in a worker thread
 and sent as one part of a multipart upload with its ``ChecksumSHA256``, a few parts on
 their way at once; nothing is staged on local disk.  A file that fits in one part is one
 ``PutObject``.  An upload that fails half-way is aborted, so the store keeps neither an
@@ -44,6 +44,8 @@ PART_SIZE = 8 * 1024 * 1024
 READ_SIZE = 4 * 1024 * 1024
 #: parts sent at once
 IN_FLIGHT = 3
+#: parts of one size before they grow (S3 allows 10,000 parts of differing sizes)
+PARTS_PER_SIZE = 1000
 #: objects whose computed checksums are remembered for ``stored_digest``
 _REMEMBERED = 1000
 
@@ -65,6 +67,9 @@ class S3ArtifactStore:
         try:
             await client.head_bucket(Bucket=self.bucket)
         except client.exceptions.ClientError as exc:
+            if _status(exc) == 403:  # credentials for its objects only: taken as there
+                self._bucket_checked = True
+                return client
             if _status(exc) != 404:
                 raise
             config = ({} if self.s3.config.region == "us-east-1" else
@@ -89,6 +94,8 @@ class S3ArtifactStore:
         try:
             return await self._upload(object_name, remote_file, metadata, chunk_size, sha256)
         except (*STORE_ERRORS, S3Unavailable, S3ObjectMissing) as exc:
+            if hasattr(exc, "response") and _code(exc) in _DIGEST_REFUSED:
+                raise _corrupt(object_name, f"the store refused the bytes sent: {exc}") from None
             name = object_name.rsplit("/", 1)[-1]
             raise BuildError(
                 "artifact_store_failed", f"{name}: the S3 store at "
@@ -118,10 +125,10 @@ class S3ArtifactStore:
         whole = hashlib.sha256()
         loop = asyncio.get_running_loop()
 
-        async def read_part() -> bytes:
+        async def read_part(size: int) -> bytes:
             buf = bytearray()
-            while len(buf) < part_size:
-                data = await remote_file.read(min(READ_SIZE, part_size - len(buf)))
+            while len(buf) < size:
+                data = await remote_file.read(min(READ_SIZE, size - len(buf)))
                 if not data:
                     break
                 buf += data
@@ -131,7 +138,7 @@ class S3ArtifactStore:
             whole.update(part)
             return hashlib.sha256(part).digest()
 
-        first = await read_part()
+        first = await read_part(part_size)
         first_digest = await loop.run_in_executor(None, hash_part, first)
         if len(first) < part_size:  # all of it: one request
             checksum = base64.b64encode(first_digest).decode()
@@ -167,18 +174,13 @@ class S3ArtifactStore:
                 sending.append(asyncio.create_task(send(len(digests), part, digest)))
                 # the next part is read and hashed while this one (and a few before it)
                 # are on their way
-                part = await read_part()
+                part = await read_part(_part_size(part_size, len(digests) + 1))
                 digest = await loop.run_in_executor(None, hash_part, part) if part else b""
                 while len(sending) >= IN_FLIGHT or (not part and sending):
                     done.append(await sending.popleft())
             await client.complete_multipart_upload(
                 Bucket=self.bucket, Key=object_name, UploadId=upload_id,
                 MultipartUpload={"Parts": done})
-        except client.exceptions.ClientError as exc:
-            await asyncio.shield(self._abort(client, object_name, upload_id, sending))
-            if _code(exc) in _DIGEST_REFUSED:
-                raise _corrupt(object_name, f"the store refused a part: {exc}") from None
-            raise
         except BaseException:
             await asyncio.shield(self._abort(client, object_name, upload_id, sending))
             raise
@@ -223,6 +225,12 @@ class S3ArtifactStore:
         async for chunk in self.s3.stream(obj, expect_sha256=""):  # no check: the sum asked
             digest.update(chunk)
         return digest.hexdigest()
+
+
+def _part_size(base: int, number: int) -> int:
+    """Part ``number``'s size: S3 takes at most 10,000 parts, so every thousand parts the
+    parts grow by ``base`` (8 MiB parts: 8 GB in the first thousand, 430 GB in all)."""
+    return base * (1 + (number - 1) // PARTS_PER_SIZE)
 
 
 #: what S3 answers when a body does not match the checksum sent with it
