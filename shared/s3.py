@@ -16,6 +16,7 @@ parts and checksums that the upload verifies.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -114,15 +115,20 @@ class S3Store:
     """One client for the configured store, opened on first use and kept until
     :meth:`close` (connections are reused across requests)."""
 
-    def __init__(self, config: S3Config, *, max_connections: int = 10) -> None:
+    def __init__(self, config: S3Config, *, max_connections: int = 32) -> None:
         self.config = config
         self.bucket = config.bucket
         self._max_connections = max_connections
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: Any = None
+        self._opening = asyncio.Lock()
 
     async def client(self) -> Any:
-        if self._client is None:
+        if self._client is not None:
+            return self._client
+        async with self._opening:  # one client, however many ask at once
+            if self._client is not None:
+                return self._client
             from aiobotocore.config import AioConfig
             from aiobotocore.session import get_session
 
