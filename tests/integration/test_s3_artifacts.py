@@ -154,6 +154,7 @@ async def test_a_multipart_upload_through_the_build_path_with_metadata_download_
     assert obj.metadata["toolchain"] == METADATA["toolchain"] and obj.sha256_hex == digest
 
     # the gateway's download: headers, then the bytes streamed and checked
+    from labfleet.gateway.domain.errors import ApiError
     from labfleet.gateway.routes.api_artifacts import artifact_response
 
     for default in ("s3", "jetstream"):  # S3 asked first, or after the object store
@@ -165,6 +166,9 @@ async def test_a_multipart_upload_through_the_build_path_with_metadata_download_
         chunks = [c async for c in response.body_iterator]
         assert b"".join(chunks) == data  # type: ignore[arg-type]
         assert max(len(c) for c in chunks) <= 1024 * 1024  # streamed, not read whole
+        with pytest.raises(ApiError) as missing:  # in neither store
+            await artifact_response(gw, attempt.build_id, "nope")  # type: ignore[arg-type]
+        assert (missing.value.status, missing.value.code) == (404, "not_found")
 
     # the deployer's fetch into a local file, checked against the build's record
     source = ArtifactSource(jetstream=None, s3=s3)

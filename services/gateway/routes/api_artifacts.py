@@ -47,21 +47,25 @@ async def artifact_response(gw: Gateway, build_id: uuid.UUID, name: str) -> Stre
     artifacts go to is asked first, the other one holds those stored before a change."""
     object_name = f"{build_id}/{name}"
     s3_first = gw.s3 is not None and gw.settings.artifact_store == "s3"
-    response = await _from_s3(gw, object_name, name) if s3_first else None
-    if response is None:
-        try:
-            obj = await artifact_info(gw.bus.js, object_name)
-        except ArtifactNotFound:
-            obj = None
-        if obj is not None:
-            return _jetstream_response(gw, obj, name)
-    if response is None and not s3_first and gw.s3 is not None:
-        response = await _from_s3(gw, object_name, name)
-    if response is None:
-        raise ApiError(404, "not_found", f"no artifact {name!r} is stored for build {build_id}",
-                       hint=f"list them with GET /api/v1/artifacts?build_id={build_id}",
-                       field="name")
-    return response
+    for store in ("s3", "jetstream") if s3_first else ("jetstream", "s3"):
+        if store == "jetstream":
+            response = await _from_jetstream(gw, object_name, name)
+        else:
+            response = await _from_s3(gw, object_name, name) if gw.s3 is not None else None
+        if response is not None:
+            return response
+    raise ApiError(404, "not_found", f"no artifact {name!r} is stored for build {build_id}",
+                   hint=f"list them with GET /api/v1/artifacts?build_id={build_id}",
+                   field="name")
+
+
+async def _from_jetstream(gw: Gateway, object_name: str, name: str
+                          ) -> StreamingResponse | None:
+    try:
+        obj = await artifact_info(gw.bus.js, object_name)
+    except ArtifactNotFound:
+        return None
+    return _jetstream_response(gw, obj, name)
 
 
 def _jetstream_response(gw: Gateway, obj: StoredObject, name: str) -> StreamingResponse:
@@ -82,7 +86,8 @@ async def _from_s3(gw: Gateway, object_name: str, name: str) -> StreamingRespons
     except S3Unavailable as exc:
         log.error("artifact store failed", extra={"object": object_name, "error": str(exc)})
         raise ApiError(503, "artifact_store_unavailable",
-                       f"the S3 artifact store did not answer for {name!r}: {exc.detail}",
+                       f"the S3 artifact store failed to look up {name!r}; its answer is "
+                       "in the gateway's log",
                        hint="try again later; an operator checks the store and the "
                             "gateway's LABFLEET_S3_* settings") from None
 
