@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     log_json: bool = True
     otlp_endpoint: str | None = None
 
+    @field_validator("s3_endpoint_url", "s3_bucket", "s3_access_key_id",
+                     "s3_secret_access_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # docker-compose passes ``${LABFLEET_S3_BUCKET:-}`` through as "" when unset
+        return None if isinstance(v, str) and not v.strip() else v
+
     @field_validator("artifact_store", mode="before")
     @classmethod
     def _known_store(cls, v: object) -> str:

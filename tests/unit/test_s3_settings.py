@@ -35,6 +35,16 @@ def test_s3_fully_configured() -> None:
     assert "very-secret-value" not in repr(settings(**S3))
 
 
+def test_empty_s3_settings_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose passes every LABFLEET_S3_* through, as "" when .env has none."""
+    for name in ("ENDPOINT_URL", "BUCKET", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(f"LABFLEET_S3_{name}", "")
+    assert settings().s3_config() is None
+    monkeypatch.setenv("LABFLEET_S3_BUCKET", "lab-artifacts")
+    with pytest.raises(RuntimeError, match="LABFLEET_S3_ENDPOINT_URL, "):
+        settings().s3_config()
+
+
 @pytest.mark.parametrize("missing", ["s3_endpoint_url", "s3_bucket", "s3_access_key_id",
                                      "s3_secret_access_key"])
 def test_each_missing_s3_setting_is_named(missing: str) -> None:
