@@ -163,7 +163,7 @@ async def stream_artifact(js: Any, obj: StoredObject) -> AsyncIterator[bytes]:
     the server answers with that many bytes of chunks and an end-of-batch status; the next
     request starts after the last sequence received.  No consumer is created and there
     are no flow-control round trips (an ordered push consumer delivered about half as
-    fast; one direct get per chunk, a round trip each, about 70 % as fast).  A server
+    fast; one direct get per 1 MiB chunk, a round trip each, about two thirds as fast).  A server
     that predates batches answers with one chunk per request, which works the same way,
     only slower; a bucket whose stream does not allow direct gets is read through an
     ordered consumer instead.
