@@ -14,7 +14,6 @@ from typing import Any
 import nats
 import pytest
 from labfleet.builder.adapters.artifact_store import CHUNK, ArtifactStore
-from labfleet.builder.adapters.inventory import ServerAccess
 from labfleet.builder.adapters.log_stream import BuildLog
 from labfleet.builder.adapters.remote import BuildHost
 from labfleet.builder.attempt import BuildAttempt
@@ -22,8 +21,10 @@ from labfleet.builder.domain import remote_plan as plan
 from labfleet.builder.domain.errors import BuildError
 from labfleet.shared.bus import ensure_streams
 from labfleet.shared.events.build import BuildSpec
-from labfleet.shared.events.resource import Arch, ResourceKind, ResourceView, SshTarget
-from labfleet.shared.ssh import Credentials, SshPool
+from labfleet.shared.events.resource import Arch
+
+from tests.artifact_helpers import Breaks, build_host
+from tests.artifact_helpers import server_file as place_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -37,22 +38,12 @@ async def store(nc: Any, unique: str) -> AsyncIterator[ArtifactStore]:
 
 @pytest.fixture
 async def host(sshd: Any) -> AsyncIterator[BuildHost]:
-    pool = SshPool(connect_timeout=5)
-    view = ResourceView(
-        resource_id=uuid.uuid4(), kind=ResourceKind.BUILD_SERVER, name="store-test",
-        ssh=SshTarget(address=sshd.host, port=sshd.port, username=sshd.username,
-                      host_key=sshd.host_key),
-        architectures=[Arch.X86_64])
-    yield BuildHost(pool, ServerAccess(view=view, creds=Credentials(
-        sshd.username, private_key=sshd.private_key)), command_timeout=30)
-    await pool.close()
+    async with build_host(sshd, "store-test") as h:
+        yield h
 
 
 def server_file(sshd: Any, name: str, data: bytes) -> Path:
-    path = sshd.workdir / "files" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(data)
-    return path
+    return place_file(sshd, name, data, folder="files")
 
 
 async def stream_chunk_count(nc: Any, bucket: str) -> int:
@@ -214,20 +205,6 @@ async def test_replacing_an_object_drops_its_old_chunks(
     bucket = await nc.jetstream().object_store(store.bucket)
     assert (await bucket.get("b3/zImage")).data == second
     assert await stream_chunk_count(nc, store.bucket) == 1
-
-
-class Breaks:
-    """An SFTP file that fails after a few reads, as a lost connection does."""
-
-    def __init__(self, remote: Any, reads: int) -> None:
-        self.remote = remote
-        self.reads = reads
-
-    async def read(self, n: int) -> bytes:
-        self.reads -= 1
-        if self.reads < 0:
-            raise ConnectionResetError("connection lost mid-read")
-        return await self.remote.read(n)
 
 
 async def test_a_failed_read_leaves_no_object_and_no_chunks(

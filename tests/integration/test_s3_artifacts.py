@@ -21,7 +21,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from labfleet.builder.adapters.inventory import ServerAccess
 from labfleet.builder.adapters.log_stream import BuildLog
 from labfleet.builder.adapters.remote import BuildHost
 from labfleet.builder.adapters.s3_store import PART_SIZE, S3ArtifactStore
@@ -32,12 +31,13 @@ from labfleet.builder.domain.errors import BuildError
 from labfleet.deployer.adapters.artifacts import ArtifactMissing, ArtifactSource
 from labfleet.shared.bus import ensure_streams
 from labfleet.shared.events.build import ArtifactInfo, BuildSpec, BuildStatus
-from labfleet.shared.events.resource import Arch, ResourceKind, ResourceView, SshTarget
+from labfleet.shared.events.resource import Arch
 from labfleet.shared.s3 import S3ObjectCorrupt, S3Store
 from labfleet.shared.settings import S3Config
-from labfleet.shared.ssh import Credentials, SshPool
 from pydantic import SecretStr
 
+from tests.artifact_helpers import Breaks, build_host
+from tests.artifact_helpers import server_file as place_file
 from tests.s3server import S3Server, start_s3_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -69,15 +69,8 @@ async def s3(s3_server: S3Server, unique: str) -> AsyncIterator[S3Store]:
 
 @pytest.fixture
 async def host(sshd: Any) -> AsyncIterator[BuildHost]:
-    pool = SshPool(connect_timeout=5)
-    view = ResourceView(
-        resource_id=uuid.uuid4(), kind=ResourceKind.BUILD_SERVER, name="s3-test",
-        ssh=SshTarget(address=sshd.host, port=sshd.port, username=sshd.username,
-                      host_key=sshd.host_key),
-        architectures=[Arch.X86_64])
-    yield BuildHost(pool, ServerAccess(view=view, creds=Credentials(
-        sshd.username, private_key=sshd.private_key)), command_timeout=30)
-    await pool.close()
+    async with build_host(sshd, "s3-test") as h:
+        yield h
 
 
 async def make_attempt(nc: Any, sshd: Any, host: BuildHost, store: Any) -> BuildAttempt:
@@ -97,10 +90,7 @@ async def make_attempt(nc: Any, sshd: Any, host: BuildHost, store: Any) -> Build
 
 
 def server_file(sshd: Any, name: str, data: bytes) -> Path:
-    path = sshd.workdir / "s3-files" / name
-    path.parent.mkdir(exist_ok=True)
-    path.write_bytes(data)
-    return path
+    return place_file(sshd, name, data, folder="s3-files")
 
 
 METADATA = {"build_id": "b", "repository": "https://git.example.org/linux.git",
@@ -228,20 +218,6 @@ async def test_a_file_changed_on_the_server_fails_verification(
         await attempt.verify([(str(path), "Image")], [info])
     assert failed.value.code == "artifact_checksum_mismatch"
     assert info.sha256 in failed.value.message
-
-
-class Breaks:
-    """An SFTP file that fails after a few reads, as a lost connection does."""
-
-    def __init__(self, remote: Any, reads: int) -> None:
-        self.remote = remote
-        self.reads = reads
-
-    async def read(self, n: int) -> bytes:
-        self.reads -= 1
-        if self.reads < 0:
-            raise ConnectionResetError("connection lost mid-read")
-        return await self.remote.read(n)
 
 
 async def test_an_upload_failed_half_way_leaves_no_object_and_no_parts(
