@@ -156,11 +156,12 @@ class ArtifactStore:
                              headers={api.Header.ROLLUP: _ROLLUP})
         except BaseException:
             reader.cancel()
-            for ack in acks:
-                ack.cancel()
             if hashed is not None:
                 await asyncio.gather(hashed, return_exceptions=True)
-            await asyncio.shield(self._purge(chunk_subject))
+            # chunks already sent are stored whether or not anyone waits for their
+            # acknowledgement: purge only once the server has answered for each of them,
+            # or a chunk stored after the purge would stay behind
+            await asyncio.shield(self._discard(chunk_subject, list(acks)))
             raise
         finally:
             if not reader.done():
@@ -170,6 +171,16 @@ class ArtifactStore:
             await self._purge(f"$O.{self.bucket}.C.{previous.nuid}")
         return Stored(object_name=object_name, size=size, sha256=sha256.hexdigest(),
                       stored_sha256=await self.stored_digest(object_name))
+
+    async def _discard(self, chunk_subject: str, acks: list[asyncio.Future[Any]]) -> None:
+        if acks:
+            await asyncio.wait(acks, timeout=ACK_TIMEOUT_S)
+            for ack in acks:
+                if ack.done() and not ack.cancelled():
+                    ack.exception()  # retrieved: the upload's own error is what is raised
+                else:
+                    ack.cancel()
+        await self._purge(chunk_subject)
 
     async def _purge(self, chunk_subject: str) -> None:
         await self._js.purge_stream(f"OBJ_{self.bucket}", subject=chunk_subject)
