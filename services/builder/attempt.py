@@ -297,27 +297,22 @@ class BuildAttempt:
         # the server hashes its files meanwhile (its own CPU, not this process's)
         on_server = asyncio.create_task(self.host.sha256sums([p for p, _ in files])) \
             if files else None
-        s3 = isinstance(self.store, S3ArtifactStore)
         try:
-            # an S3 object's metadata is written before its bytes: the server's sums first
-            sums = await on_server if on_server is not None and s3 else {}
+            sums = (await on_server if on_server is not None
+                    and self.store.needs_server_sums_first else {})
             async with self.host.sftp() as sftp:
                 for path, name in files:
                     await self.guard()
                     object_name = f"{self.build_id}/{name}"
                     async with sftp.open(path, "rb") as remote_file:
-                        if isinstance(self.store, S3ArtifactStore):
-                            stored = await self.store.upload(object_name, remote_file,
-                                                             metadata=metadata,
-                                                             sha256=sums.get(path, ""))
-                        else:
-                            stored = await self.store.upload(object_name, remote_file,
-                                                             metadata=metadata)
+                        stored = await self.store.upload(object_name, remote_file,
+                                                         metadata=metadata,
+                                                         sha256=sums.get(path, ""))
                     await self.log.note(f"stored {name} ({stored.size} bytes, "
                                         f"sha256 {stored.sha256})")
                     out.append(ArtifactInfo(name=name, size=stored.size, sha256=stored.sha256,
                                             object_name=object_name, bucket=self.store.bucket,
-                                            backend="s3" if s3 else "jetstream",
+                                            backend=self.store.backend,
                                             metadata=dict(metadata or {})))
         except BaseException as exc:
             if on_server is not None:

@@ -64,6 +64,11 @@ class ArtifactStore:
     """The bucket, opened (or created) on first use: the connection exists only once the
     service has started."""
 
+    backend = "jetstream"
+    #: the object's info is written after its bytes, with the digest computed here: the
+    #: server's own sums are compared afterwards and need not come first
+    needs_server_sums_first = False
+
     def __init__(self, jetstream: Callable[[], Any], bucket: str = BUCKET) -> None:
         self._jetstream = jetstream
         self.bucket = bucket
@@ -90,9 +95,11 @@ class ArtifactStore:
 
     async def upload(self, object_name: str, remote_file: Any,
                      metadata: dict[str, str] | None = None, *,
-                     chunk_size: int = CHUNK) -> Stored:
+                     chunk_size: int = CHUNK, sha256: str = "") -> Stored:
         """Stream ``remote_file`` (anything with ``async read(n)``, e.g. an asyncssh SFTP
-        file) into the object ``object_name``; an object of that name is replaced."""
+        file) into the object ``object_name``; an object of that name is replaced.
+        ``sha256`` (the server's sum, for stores that record it up front) is not needed
+        here: the digest is computed while streaming and compared by the caller."""
         store = await self._open()
         js = self._js
         chunk_size = max(1, min(chunk_size, js._nc.max_payload))

@@ -3,9 +3,9 @@ build server.
 
 The same interface as the JetStream ``ArtifactStore`` (``upload`` → ``Stored``,
 ``stored_digest``), so a build attempt uses either.  A file is read over SFTP in 8 MiB
-parts (growing by 8 MiB every thousand parts, for S3's limit of 10,000), each part hashed (SHA-256 of the part, and of the whole file) in a worker thread
-and sent as one part of a multipart upload with its ``ChecksumSHA256``, a few parts on
-their way at once; nothing is staged on local disk.  A file that fits in one part is one
+parts (growing by 8 MiB every thousand parts, for S3's limit of 10,000), each part
+hashed (SHA-256 of the part, and of the whole file) in a worker thread and sent as one
+part of a multipart upload with its ``ChecksumSHA256``, a few parts on their way at once; nothing is staged on local disk.  A file that fits in one part is one
 ``PutObject``.  An upload that fails half-way is aborted, so the store keeps neither an
 object nor the upload's parts.
 
@@ -52,6 +52,8 @@ _REMEMBERED = 1000
 
 class S3ArtifactStore:
     backend = "s3"
+    #: an object's metadata (with the file's SHA-256) is written before its bytes
+    needs_server_sums_first = True
 
     def __init__(self, s3: S3Store) -> None:
         self.s3 = s3
