@@ -6,8 +6,9 @@ The same interface as the JetStream ``ArtifactStore`` (``upload`` → ``Stored``
 parts (growing by 8 MiB every thousand parts, for S3's limit of 10,000), each part
 hashed (SHA-256 of the part, and of the whole file) in a worker thread and sent as one
 part of a multipart upload with its ``ChecksumSHA256``, a few parts on their way at
-once; nothing is staged on local disk.  A file that fits in one part is one ``PutObject``.  An upload that fails half-way is aborted, so the store keeps neither an
-object nor the upload's parts.
+once; nothing is staged on local disk.  A file that fits in one part is one ``PutObject``.
+An upload that fails half-way is aborted, so the store keeps neither an object nor the
+upload's parts.
 
 The key is ``<build_id>/<name>``; the build's metadata and the file's SHA-256 (as the
 build server computed it, given by the caller) are S3 user metadata.  What the store
