@@ -12,7 +12,7 @@ from labfleet.shared.events.resource import Arch
 from labfleet.shared.s3 import S3ObjectCorrupt, S3ObjectMissing, S3Unavailable
 
 from .. import handlers
-from ..adapters.state import ArtifactNotFound, StoredObject, artifact_info, stream_artifact
+from ..adapters.state import ArtifactNotFound, artifact_info, stream_artifact
 from ..context import Gateway
 from ..deps import CurrentUser, GatewayDep
 from ..domain.errors import ApiError
@@ -65,15 +65,7 @@ async def _from_jetstream(gw: Gateway, object_name: str, name: str
         obj = await artifact_info(gw.bus.js, object_name)
     except ArtifactNotFound:
         return None
-    return _jetstream_response(gw, obj, name)
-
-
-def _jetstream_response(gw: Gateway, obj: StoredObject, name: str) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in stream_artifact(gw.bus.js, obj):
-            yield chunk
-
-    return _response(body(), obj.size, obj.sha256_hex, name)
+    return _response(stream_artifact(gw.bus.js, obj), obj.size, obj.sha256_hex, name)
 
 
 async def _from_s3(gw: Gateway, object_name: str, name: str) -> StreamingResponse | None:
