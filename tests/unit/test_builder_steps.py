@@ -55,7 +55,9 @@ def test_the_follow_ends_on_the_exit_status_while_the_leader_lingers(tmp_path: P
     """A leader not yet reaped (a zombie until init gets to it) still answers kill -0;
     the written exit status is what ends the follow."""
     ws = workspace(tmp_path)
-    lingering = subprocess.Popen(["setsid", "sleep", "30"])
+    # its own session before Popen returns (a ``setsid`` command would make the group
+    # only once it ran, and a follow started before that finds no group at all)
+    lingering = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         Path(ws.log).write_text("compiled\n")
         marker = Path(ws.build_dir) / "exit-compile"
@@ -68,6 +70,30 @@ def test_the_follow_ends_on_the_exit_status_while_the_leader_lingers(tmp_path: P
     finally:
         lingering.kill()
         lingering.wait()
+
+
+def test_the_pid_is_answered_once_the_steps_group_exists(tmp_path: Path) -> None:
+    """A slow-starting setsid (a loaded server) must not make the step look killed."""
+    ws = workspace(tmp_path)
+    slow = tmp_path / "slowbin"
+    slow.mkdir()
+    real = subprocess.run(["sh", "-c", "command -v setsid"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (slow / "setsid").write_text(f'#!/bin/sh\nsleep 0.5\nexec {real} "$@"\n')
+    (slow / "setsid").chmod(0o755)
+    env = {**os.environ, "PATH": f"{slow}:{os.environ['PATH']}"}
+    out = subprocess.run(plan.launch(ws, "compile", ["sleep", "2"]), capture_output=True,
+                         text=True, check=True, env=env).stdout
+    pid = int(out.split()[-1])
+    try:
+        assert status(ws, "compile", pid) == "running"
+        followed, _ = follow(ws, "compile", pid)
+        assert followed == "" and status(ws, "compile", pid) == "0"
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_the_follow_ends_when_a_killed_steps_group_is_gone(tmp_path: Path) -> None:

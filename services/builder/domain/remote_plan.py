@@ -180,6 +180,9 @@ def rev_parse(ws: Workspace, url: str, ref: str) -> list[str]:
 # Output goes to build.log, the exit status to exit-<step>; the pid file lets any later
 # builder kill the whole group.  The leader's arguments carry the build directory, which
 # is how a kill recognises it (and how an operator finds a build's processes).
+# The pid is answered once the group exists (or the step has already ended): setsid
+# makes the group only after it has started, and a status or follow asked in between
+# would find no group and take the step for killed.
 LAUNCH = r"""dir=$1 step=$2
 shift 2
 cd "$dir" || exit 97
@@ -190,8 +193,13 @@ setsid sh -c '
   echo $? > "exit-$step.tmp"; mv "exit-$step.tmp" "exit-$step"
   rm -f pid
 ' labfleet-step "$dir" "$step" "$@" > /dev/null 2>&1 < /dev/null &
-echo $! > pid
-echo $!
+pid=$!
+echo "$pid" > pid
+i=0
+until kill -s 0 -- "-$pid" 2>/dev/null || [ -e "exit-$step" ] || [ "$i" -ge 200 ]; do
+  sleep 0.05; i=$((i + 1))
+done
+echo "$pid"
 """
 
 # Prints the exit status once written, "running" while the group lives, "gone" otherwise.
