@@ -41,7 +41,7 @@ from labfleet.shared.service import Service  # noqa: E402
 from labfleet.shared.settings import Settings  # noqa: E402
 
 MIGRATIONS = Path(__file__).parent / "fixtures"
-BATCH_SIZE = 32
+BATCH_SIZE = 128
 
 
 async def offer(nc, subject: str, rate: float, seconds: float, inflight: asyncio.Semaphore) -> int:  # type: ignore[no-untyped-def]
@@ -111,8 +111,8 @@ async def serve_labfleet(token: str, nats_url: str, db_url: str) -> None:
         async with svc.db.consume("ping", event) as tx:
             if tx is None:
                 return
-            await tx.execute("INSERT INTO handled (event_id, seq) VALUES ($1, $2)",
-                             event.event_id, event.seq)
+            await tx.defer("INSERT INTO handled (event_id, seq) VALUES ($1, $2)",
+                           event.event_id, event.seq)
             await tx.emit(BenchPong(seq=event.seq, sent_ns=event.sent_ns,
                                     ping_id=str(event.event_id)),
                           subject=f"bench.pong{token}")
@@ -183,7 +183,7 @@ async def main() -> None:
     ap.add_argument("--rate", type=float, default=2000.0, help="events offered per second")
     ap.add_argument("--seconds", type=float, default=20.0, help="sustained duration per round")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32,
+    ap.add_argument("--batch", type=int, default=128,
                     help="the consumer's fetch batch (larger: more throughput, more latency)")
     ap.add_argument("--role", choices=["labfleet", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--token", help=argparse.SUPPRESS)

@@ -190,12 +190,14 @@ class Bus:
         the consumer goes on fetching; the handler calls ``msg.in_progress()`` meanwhile.
 
         ``batch_db=<Database>`` is for quick handlers whose only effects are writes to that
-        database and events it emits: a fetched batch is then handled in a few transactions
+        database and events it emits: a fetched batch is then handled in one transaction
         (``BATCH_TRANSACTIONS``), several batches at once (``PIPELINED_BATCHES``, entity
         order kept)
         (``db.consume``/``db.transaction``/``tx.emit`` inside the handler join it; the
-        outbox rows are written together at the end), which saves a commit and several
-        round trips per event.  If any handler of the batch raises, the transaction is
+        batch's idempotency records are claimed in one statement, writes made with
+        ``tx.defer`` go as one pipelined statement each and the outbox rows together at
+        the end), which saves a commit and several round trips per event.  If any handler
+        of the batch raises, the transaction is
         rolled back and the batch is handled message by message as usual, so a handler
         must not have effects outside the database (it may run twice).
         """

@@ -110,8 +110,12 @@ class PermanentError(Exception):
 ORDERING_FIELDS = ("build_id", "resource_id", "request_id", "env_id", "pipeline_id")
 
 
-#: how many transactions a fetched batch is split into when handled with ``batch_db``
-BATCH_TRANSACTIONS = 4
+#: how many transactions a fetched batch is split into when handled with ``batch_db``.
+#: One: a batch's idempotency records, deferred writes and outbox rows each go in one
+#: statement, so a transaction costs about the same for 1 event as for 128 (measured with
+#: bench/bus.py: 4 transactions per batch handled 1,780/s at 2,000/s offered, 1 handled
+#: 1,990/s with the median latency down from 0.9 s to 53 ms)
+BATCH_TRANSACTIONS = 1
 #: fetched batches of a ``batch_db`` consumer handled at once (the next fetch goes on
 #: while earlier batches wait on the database)
 PIPELINED_BATCHES = 4
@@ -287,7 +291,7 @@ class Dispatcher:
         batch message by message, each in its own transaction with its own ack or retry.
         """
         try:
-            async with db.batch():
+            async with db.batch([event.event_id for _, _, event in items]):
                 for raw, reg, event in items:
                     ctx = propagate.extract(dict(raw.headers or {}))
                     with self._tracer.start_as_current_span(

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -31,11 +32,46 @@ OutboxRow = tuple[str, object, str, bytes]
 
 @dataclass
 class BatchUnit:
-    """One transaction shared by the handlers of a fetched batch (``Database.batch``)."""
+    """One transaction shared by the handlers of a fetched batch (``Database.batch``).
+
+    What the handlers would each send in a round trip of their own is sent once per
+    batch: the idempotency records of all the batch's events (``claim``, on the first
+    ``consume`` of a consumer), the deferred writes (``Transaction.defer``, one pipelined
+    ``executemany`` per statement) and the outbox rows.
+    """
 
     db: Database
     conn: asyncpg.Connection
     outbox: list[OutboxRow] = field(default_factory=list)
+    #: the ids of the batch's events, claimed for a consumer at its first ``consume``
+    event_ids: list[uuid.UUID] = field(default_factory=list)
+    #: per consumer, the ids claimed and not yet handed to a handler
+    claimed: dict[str, set[uuid.UUID]] = field(default_factory=dict)
+    #: statement → argument tuples, in the order the statements first appeared
+    writes: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+
+    async def claim(self, consumer: str, event_id: uuid.UUID) -> bool:
+        """True once per event and consumer unless handled before (in an earlier batch)."""
+        fresh = self.claimed.get(consumer)
+        if fresh is None:
+            await self.flush_writes()  # a statement goes out: what was deferred goes first
+            ids = list(dict.fromkeys([*self.event_ids, event_id]))
+            rows = await self.conn.fetch(_CLAIM_MANY, consumer, ids)
+            fresh = self.claimed[consumer] = {r["event_id"] for r in rows}
+        elif event_id not in fresh and event_id not in self.event_ids:
+            # not one of the batch's own events: claimed on its own
+            await self.flush_writes()
+            return bool(await self.conn.fetchval(_MARK_PROCESSED, consumer, event_id))
+        if event_id in fresh:
+            fresh.discard(event_id)  # a second consume of it in this batch is a redelivery
+            return True
+        return False
+
+    async def flush_writes(self) -> None:
+        """Run the deferred writes: one pipelined ``executemany`` per statement."""
+        writes, self.writes = self.writes, {}
+        for query, args in writes.items():
+            await self.conn.executemany(query, args)
 
 
 _batch: ContextVar[BatchUnit | None] = ContextVar("labfleet_db_batch", default=None)
@@ -48,6 +84,8 @@ class Transaction:
     emitted: list[Event] = field(default_factory=list)
     #: in a batch unit of work, outbox rows are collected and written at its end
     deferred: list[OutboxRow] | None = None
+    #: the batch unit of work this transaction is part of, if any
+    unit: BatchUnit | None = None
 
     async def emit(self, event: Event, subject: str | None = None) -> None:
         """Queue ``event`` for publishing; it leaves only if the transaction commits."""
@@ -66,22 +104,43 @@ class Transaction:
         )
         self.emitted.append(event)  # the outbox trigger notifies the relay at commit
 
+    async def defer(self, query: str, *args: Any) -> None:
+        """A write whose result the handler does not need.
+
+        Alone it runs at once.  In a batch unit of work it waits, with the batch's other
+        deferred writes of the same statement, for one pipelined ``executemany``; deferred
+        writes run before the next statement any handler of the batch sends (so every read
+        sees them), grouped by statement in the order the statements first appeared, and
+        always before the commit.
+        """
+        if self.unit is None:
+            await self.conn.execute(query, *args)
+            return
+        self.unit.writes.setdefault(query, []).append(args)
+
+    async def _flushed(self) -> asyncpg.Connection:
+        if self.unit is not None and self.unit.writes:
+            await self.unit.flush_writes()
+        return self.conn
+
     # convenience pass-throughs
     async def execute(self, query: str, *args: Any) -> str:
-        return await self.conn.execute(query, *args)
+        return await (await self._flushed()).execute(query, *args)
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await self.conn.fetch(query, *args)
+        return await (await self._flushed()).fetch(query, *args)
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        return await self.conn.fetchrow(query, *args)
+        return await (await self._flushed()).fetchrow(query, *args)
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        return await self.conn.fetchval(query, *args)
+        return await (await self._flushed()).fetchval(query, *args)
 
 
 _MARK_PROCESSED = ("INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2) "
                    "ON CONFLICT DO NOTHING RETURNING true")
+_CLAIM_MANY = ("INSERT INTO processed_events (consumer, event_id) "
+               "SELECT $1, unnest($2::uuid[]) ON CONFLICT DO NOTHING RETURNING event_id")
 
 
 class Database:
@@ -119,13 +178,18 @@ class Database:
         return unit if unit is not None and unit.db is self else None
 
     @asynccontextmanager
-    async def batch(self) -> AsyncIterator[BatchUnit]:
-        """One transaction that ``transaction()``/``consume()`` calls in this task join."""
+    async def batch(self, event_ids: list[uuid.UUID] | None = None) -> AsyncIterator[BatchUnit]:
+        """One transaction that ``transaction()``/``consume()`` calls in this task join.
+
+        ``event_ids``: the events the batch will consume, claimed together (see
+        :class:`BatchUnit`).
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            unit = BatchUnit(db=self, conn=conn)
+            unit = BatchUnit(db=self, conn=conn, event_ids=list(event_ids or []))
             token = _batch.set(unit)
             try:
                 yield unit
+                await unit.flush_writes()
                 if unit.outbox:
                     await conn.executemany(
                         "INSERT INTO outbox (subject, event_id, headers, payload) "
@@ -137,7 +201,8 @@ class Database:
     async def transaction(self) -> AsyncIterator[Transaction]:
         unit = self._joined()
         if unit is not None:
-            yield Transaction(conn=unit.conn, schema=self.schema, deferred=unit.outbox)
+            yield Transaction(conn=unit.conn, schema=self.schema, deferred=unit.outbox,
+                              unit=unit)
             return
         async with self.pool.acquire() as conn, conn.transaction():
             yield Transaction(conn=conn, schema=self.schema)
@@ -151,9 +216,9 @@ class Database:
         """
         unit = self._joined()
         if unit is not None:
-            inserted = await unit.conn.fetchval(_MARK_PROCESSED, consumer, event.event_id)
-            yield Transaction(conn=unit.conn, schema=self.schema,
-                              deferred=unit.outbox) if inserted else None
+            inserted = await unit.claim(consumer, event.event_id)
+            yield Transaction(conn=unit.conn, schema=self.schema, deferred=unit.outbox,
+                              unit=unit) if inserted else None
             return
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(_MARK_PROCESSED, consumer, event.event_id)

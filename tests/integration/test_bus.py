@@ -177,3 +177,54 @@ async def test_batch_unit_of_work_commits_together_and_falls_back_on_failure(set
         await h.service.stop()
     finally:
         await nc.close()
+
+
+async def test_batch_claims_once_defers_writes_and_reads_them_back(settings_factory, unique):  # type: ignore[no-untyped-def]
+    """In a batch unit of work the idempotency records are claimed for the whole batch,
+    deferred writes wait for the end (or for the next statement, which must see them), and
+    an event handled before, or twice in one batch, has no second effect."""
+    h = await start_harness(settings_factory(), unique)
+    db = h.service.db
+    assert db is not None
+    insert = "INSERT INTO handled (event_id, n) VALUES ($1, $2)"
+    old, a, b, stranger = (BenchPing(seq=i) for i in range(4))
+    try:
+        async with db.consume("ping", old) as tx:  # handled in an earlier transaction
+            assert tx is not None
+            await tx.execute(insert, old.event_id, 0)
+        async with db.batch([old.event_id, a.event_id, b.event_id]) as unit:
+            for n, ev in enumerate((old, a, b), start=1):
+                async with db.consume("ping", ev) as tx:
+                    if tx is not None:
+                        await tx.defer(insert, ev.event_id, n)
+            assert set(unit.writes) == {insert} and len(unit.writes[insert]) == 2
+            # nothing sent yet: the connection itself sees only the earlier row
+            assert await unit.conn.fetchval("SELECT count(*) FROM handled") == 1
+            async with db.consume("ping", a) as tx:  # a second delivery of a in the batch
+                assert tx is None
+            async with db.consume("ping", stranger) as tx:  # not listed: claimed alone
+                assert tx is not None
+                # a read through the transaction runs the deferred writes first
+                assert await tx.fetchval("SELECT count(*) FROM handled") == 3
+                await tx.defer(insert, stranger.event_id, 4)
+            assert unit.writes[insert] == [(stranger.event_id, 4)]
+        rows = await db.fetch("SELECT event_id, n FROM handled ORDER BY n")
+        assert [(r["event_id"], r["n"]) for r in rows] == [
+            (old.event_id, 0), (a.event_id, 2), (b.event_id, 3), (stranger.event_id, 4)]
+        assert await db.fetchval("SELECT count(*) FROM processed_events") == 4
+
+        # a batch that fails leaves no claim and no write behind
+        late = BenchPing(seq=5)
+        with pytest.raises(RuntimeError, match="induced"):
+            async with db.batch([late.event_id]):
+                async with db.consume("ping", late) as tx:
+                    assert tx is not None
+                    await tx.defer(insert, late.event_id, 5)
+                raise RuntimeError("induced")
+        async with db.consume("ping", late) as tx:
+            assert tx is not None  # not claimed: the rolled-back batch left nothing
+            await tx.defer(insert, late.event_id, 5)  # alone: written at once
+            assert await tx.fetchval("SELECT n FROM handled WHERE event_id = $1",
+                                     late.event_id) == 5
+    finally:
+        await h.service.stop()
