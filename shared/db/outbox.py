@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, js: Any, *, batch: int = 500, poll_s: float = 1.0) -> None:
+    def __init__(self, db: Database, js: Any, *, batch: int = 500, poll_s: float = 1.0,
+                 ack_timeout_s: float = 10.0) -> None:
         self.db = db
         self.js = js
         self.batch = batch
         self.poll_s = poll_s
+        self.ack_timeout_s = ack_timeout_s
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listen_conn: asyncpg.Connection | None = None
@@ -50,6 +52,9 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         while True:
+            # cleared before the flush, not after: a commit notified while the flush runs
+            # (its row not in the flush's snapshot) must wake the next one at once
+            self._wake.clear()
             try:
                 sent = await self.flush()
             except asyncio.CancelledError:
@@ -60,7 +65,6 @@ class OutboxRelay:
                 continue
             if sent >= self.batch:
                 continue  # more waiting
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
 
@@ -76,12 +80,19 @@ class OutboxRelay:
             if not rows:
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])  # RETURNING order is not guaranteed
-            acks = [
-                self.js.publish(r["subject"], bytes(r["payload"]), headers=json.loads(r["headers"]))
-                for r in rows
-            ]
-            # publishes of one batch go out together; JetStream keeps per-publisher order
-            # for a single connection, and the ids are the dedupe keys
-            await asyncio.gather(*acks)
+            # publishes of one batch go out together, in order (JetStream keeps a single
+            # connection's order, and the ids are the dedupe keys), their acknowledgements
+            # awaited together: one reply subscription and one deadline for the batch, not
+            # a request with a timer of its own per row
+            acks: list[asyncio.Future[Any]] = []
+            try:
+                for r in rows:
+                    acks.append(await self.js.publish_async(
+                        r["subject"], bytes(r["payload"]), headers=json.loads(r["headers"])))
+                await asyncio.wait_for(asyncio.gather(*acks), timeout=self.ack_timeout_s)
+            except BaseException:
+                for ack in acks:  # unanswered: released, the rows stay (rolled back)
+                    ack.cancel()
+                raise
             self.published += len(rows)
             return len(rows)
