@@ -228,3 +228,42 @@ async def test_batch_claims_once_defers_writes_and_reads_them_back(settings_fact
                                      late.event_id) == 5
     finally:
         await h.service.stop()
+
+
+class SlowPublishes:
+    """The real JetStream context, each publish held back a while (a busy server)."""
+
+    def __init__(self, js, delay: float) -> None:  # type: ignore[no-untyped-def]
+        self.js, self.delay = js, delay
+
+    async def publish_async(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(self.delay)
+        return await self.js.publish_async(*args, **kwargs)
+
+
+async def test_a_commit_notified_during_a_flush_goes_out_without_waiting_for_the_poll(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
+    from labfleet.shared.db import OutboxRelay
+
+    h = await start_harness(settings_factory(), unique)
+    db, svc = h.service.db, h.service
+    assert db is not None and svc.relay is not None
+    await svc.relay.stop()
+    svc.relay = OutboxRelay(db, SlowPublishes(svc.bus.js, 0.5), poll_s=60)
+    await svc.relay.start()
+    nc = await nats.connect(nats_url)
+    try:
+        got = asyncio.create_task(collect(nc, h.pong_subject, 2, timeout=20))
+        await asyncio.sleep(0.3)  # the ordered consumer is listening
+        async with db.transaction() as tx:
+            await tx.emit(BenchPong(seq=1, ping_id="a"), subject=h.pong_subject)
+        await asyncio.sleep(0.2)  # the relay is inside its flush, publishing the first
+        async with db.transaction() as tx:
+            await tx.emit(BenchPong(seq=2, ping_id="b"), subject=h.pong_subject)
+        started = asyncio.get_running_loop().time()
+        pongs = await got
+        took = asyncio.get_running_loop().time() - started
+        assert [BenchPong.model_validate_json(p).seq for p in pongs] == [1, 2]
+        assert took < 10, f"the second row waited {took:.1f} s for the relay's poll"
+    finally:
+        await nc.close()
+        await svc.stop()
