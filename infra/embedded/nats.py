@@ -5,13 +5,19 @@ there is no replica to recover an acknowledged message that the page cache lost.
 """
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .ports import free_port, wait_port
+
+log = logging.getLogger(__name__)
 
 
 def nats_server_binary() -> str:
@@ -44,14 +50,55 @@ class EmbeddedNats:
                 self.process.wait()
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def stop_orphan(pid_file: Path, conf: Path, timeout: float = 10.0) -> int | None:
+    """Stop a nats-server left running on this data directory; its pid, or None.
+
+    A supervisor killed outright (SIGKILL, OOM) cannot stop the server it started, and
+    a second server on the same JetStream store would write beside the first (nats-server
+    does not refuse that).  The caller holds the data directory's lock, so a server
+    still running on its config belongs to nobody.  A pid now used by another program
+    (its command line does not name this config) is left alone.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if str(conf).encode() not in cmdline:
+        return None
+    log.warning("stopping nats-server %d left running on %s by an earlier run", pid, conf)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return pid
+
+
 def start_nats(data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> EmbeddedNats:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = data_dir / "jetstream"
     store.mkdir(exist_ok=True)
     port = port or free_port(host)
     conf = data_dir / "nats.conf"
+    pid_file = data_dir / "nats.pid"
+    stop_orphan(pid_file, conf)
     conf.write_text(
         f'listen: "{host}:{port}"\n'
+        f'pid_file: "{pid_file}"\n'
         "max_payload: 8MB\n"
         "jetstream {\n"
         f'  store_dir: "{store}"\n'
