@@ -40,6 +40,23 @@ def lab_paths():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def lab_images(lab_paths):  # type: ignore[no-untyped-def]
+    """Every architecture's kernel and boot images, built once (cached by content).
+
+    On a fresh machine this takes minutes (three kernels); a test that times what it
+    does itself asks for this first, so the build is not counted against it.
+    """
+    import time
+
+    from labfleet.lab.images import build_all
+
+    started = time.monotonic()
+    images = build_all(lab_paths, say=lambda m: print(f"[lab images] {m}"))
+    print(f"\n[labfleet tests] lab images ready in {time.monotonic() - started:.1f} s")
+    return images
+
+
+@pytest.fixture(scope="session")
 def lab(lab_paths) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     """The lab's status (2 build servers, 2 QEMU hosts, 3 boards), up for the session."""
     import time

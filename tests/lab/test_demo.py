@@ -18,7 +18,7 @@ pytestmark = pytest.mark.lab
 DEMO_LAB_DIR = "/var/lib/labfleet-lab-demo-test"
 
 
-def test_up_demo_registers_a_live_lab(lab_paths, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_up_demo_registers_a_live_lab(lab_paths, lab_images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABFLEET_")}
     env.update(LABFLEET_LAB_DIR=DEMO_LAB_DIR, LABFLEET_MONITOR_INTERVAL_S="1",
@@ -30,7 +30,7 @@ def test_up_demo_registers_a_live_lab(lab_paths, tmp_path: Path) -> None:  # typ
              "--data-dir", str(tmp_path / "data"), "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 600  # a fresh machine builds the lab's kernels first
+        deadline = time.monotonic() + 600  # the images are built (lab_images)
         while "demo: the lab is registered" not in log_path.read_text():
             text = log_path.read_text()
             assert "demo: the lab could not" not in text, text[-3000:]
@@ -58,9 +58,13 @@ def test_up_demo_registers_a_live_lab(lab_paths, tmp_path: Path) -> None:  # typ
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:  # a failed test: stopped as Ctrl-C would, so that the
+            proc.send_signal(signal.SIGINT)  # embedded servers it started stop with it
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         subprocess.run([sys.executable, "-m", "labfleet.cli.main", "lab", "down"],
                        env={**env, "LABFLEET_LAB_DIR": DEMO_LAB_DIR}, check=False,
                        capture_output=True)
