@@ -12,7 +12,7 @@ from labfleet.embedded.nats import start_nats, stop_orphan
 pytestmark = pytest.mark.integration
 
 
-async def test_a_server_left_running_is_stopped_before_another_starts_on_its_store(tmp_path: Path) -> None:
+async def test_a_server_left_running_is_stopped_before_another_starts(tmp_path: Path) -> None:
     data = tmp_path / "nats"
     first = start_nats(data)  # its supervisor dies: nobody stops it
     nc = await nats.connect(first.url)
