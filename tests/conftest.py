@@ -107,3 +107,23 @@ async def nc(nats_url: str):  # type: ignore[no-untyped-def]
     conn = await nats.connect(nats_url)
     yield conn
     await conn.close()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The lab's kernels and images are built before the first test when lab tests are
+    selected, outside any test's time-out (three kernels: minutes on a fresh machine)."""
+    if session.config.option.collectonly:
+        return
+    if not any(item.nodeid.startswith("tests/lab/") for item in session.items):
+        return
+    from tests.lab.conftest import prepare_images
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(message)
+        else:
+            print(message, flush=True)
+
+    prepare_images(say)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,21 +40,32 @@ def lab_paths():  # type: ignore[no-untyped-def]
     return LabPaths.from_env(os.environ.get("LABFLEET_LAB_DIR") or TEST_LAB_DIR)
 
 
-@pytest.fixture(scope="session")
-def lab_images(lab_paths):  # type: ignore[no-untyped-def]
-    """Every architecture's kernel and boot images, built once (cached by content).
+def prepare_images(say: Callable[[str], None]) -> None:
+    """Build (or find in the cache) every architecture's kernel and boot images.
 
-    On a fresh machine this takes minutes (three kernels); a test that times what it
-    does itself asks for this first, so the build is not counted against it.
+    Called once before the first test when lab tests are selected (``tests/conftest.py``):
+    on a fresh machine the three kernels take minutes, which would otherwise count
+    against the time-out of whichever lab test happened to run first.
     """
+    if _missing():
+        return  # the lab tests skip and say why
     import time
 
     from labfleet.lab.images import build_all
+    from labfleet.lab.paths import LabPaths
 
     started = time.monotonic()
-    images = build_all(lab_paths, say=lambda m: print(f"[lab images] {m}"))
-    print(f"\n[labfleet tests] lab images ready in {time.monotonic() - started:.1f} s")
-    return images
+    build_all(LabPaths.from_env(os.environ.get("LABFLEET_LAB_DIR") or TEST_LAB_DIR),
+              say=lambda m: say(f"[lab images] {m}"))
+    say(f"[labfleet tests] lab images ready in {time.monotonic() - started:.1f} s")
+
+
+@pytest.fixture(scope="session")
+def lab_images(lab_paths):  # type: ignore[no-untyped-def]
+    """Every architecture's kernel and boot images (built before the tests; a cache hit)."""
+    from labfleet.lab.images import build_all
+
+    return build_all(lab_paths, say=lambda m: None)
 
 
 @pytest.fixture(scope="session")

@@ -409,7 +409,10 @@ async def test_kernels_built_on_two_servers_deploy_and_boot_on_a_qemu_host(
         reply = await fleet.request(CreateEnv(spec=spec, requested_by="kernel-dev"),
                                     CreateEnvReply)
         assert reply.ok and reply.env_id is not None, reply.error
-        assert reply.host_name == qemu1.name
+        # placed at once, or queued until the host's next sample shows room: its CPU is
+        # this machine's, busy until a moment ago with the builds above
+        assert reply.host_name == qemu1.name or (
+            reply.status == EnvStatus.QUEUED and reply.warning), reply
         env = await fleet.env_settled(reply.env_id)
         assert env.status == EnvStatus.RUNNING, (arch, env.error, env.deployments)
         assert env.build_id == build_id and env.commit == views[arch].commit
