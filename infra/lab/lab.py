@@ -76,8 +76,16 @@ def _check_lab_dir(paths: LabPaths) -> None:
                        "devices); run `labfleet lab` as root")
 
 
+def _lab_id(paths: LabPaths) -> str:
+    return hashlib.sha1(str(paths.lab_dir).encode()).hexdigest()[:4]
+
+
+def _bridge(lab_id: str) -> str:
+    return f"lfbr{lab_id}"
+
+
 def _new_state(paths: LabPaths) -> LabState:
-    lab_id = hashlib.sha1(str(paths.lab_dir).encode()).hexdigest()[:4]
+    lab_id = _lab_id(paths)
     taken = set()
     for other in Path("/var/lib").glob("labfleet-lab*/state.json"):
         if other.parent != paths.lab_dir and (o := LabState.load(other)):
@@ -94,7 +102,7 @@ def _new_state(paths: LabPaths) -> LabState:
     if not password.exists():
         password.write_text(secrets.token_urlsafe(12) + "\n")
         os.chmod(password, 0o600)
-    return LabState(lab_id=lab_id, subnet=str(subnet), bridge=f"lfbr{lab_id}",
+    return LabState(lab_id=lab_id, subnet=str(subnet), bridge=_bridge(lab_id),
                     gateway=str(subnet.network_address + 1), user_key=str(user_key),
                     password_file=str(password), known_hosts=str(paths.lab_dir / "known_hosts"))
 
@@ -230,8 +238,7 @@ def down(paths: LabPaths | None = None, say: Say = print) -> bool:
     paths = paths or LabPaths.from_env()
     lab = LabState.load(paths.state_file)
     if lab is None:
-        say(f"no lab in {paths.lab_dir}")
-        return False
+        return _remove_unfinished(paths, say)
     with _locked(paths):
         for board in list(lab.boards.values()):
             station.remove_board(lab, board, paths)
@@ -242,6 +249,31 @@ def down(paths: LabPaths | None = None, say: Say = print) -> bool:
         _remove_mountpoints(paths)
     shutil.rmtree(paths.lab_dir, ignore_errors=True)
     say(f"lab in {paths.lab_dir} removed")
+    return True
+
+
+#: what ``up`` has made in the lab directory before it first records the lab
+_BEFORE_STATE = {".lock", "keys"}
+
+
+def _remove_unfinished(paths: LabPaths, say: Say) -> bool:
+    """Remove a lab whose ``up`` was stopped before it recorded anything (killed while
+    building its kernels): its keys, and its bridge if it got that far."""
+    made = {p.name for p in paths.lab_dir.iterdir()} if paths.lab_dir.is_dir() else set()
+    if not made or made - _BEFORE_STATE:
+        say(f"no lab in {paths.lab_dir}")
+        return False
+    with _locked(paths):  # an up still running holds it
+        if LabState.load(paths.state_file) is not None:
+            recorded = True
+        else:
+            recorded = False
+            netns.delete_link(_bridge(_lab_id(paths)))  # if up got as far as making it
+    if recorded:  # that up finished meanwhile: a whole lab to take down
+        return down(paths, say)
+    shutil.rmtree(paths.lab_dir, ignore_errors=True)
+    say(f"removed the unfinished lab in {paths.lab_dir} (its up stopped before the lab "
+        "was recorded)")
     return True
 
 
