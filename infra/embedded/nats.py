@@ -6,14 +6,13 @@ there is no replica to recover an acknowledged message that the page cache lost.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from labfleet.lab import procs  # process helpers only (no lab is involved)
 
 from .ports import free_port, wait_port
 
@@ -50,15 +49,6 @@ class EmbeddedNats:
                 self.process.wait()
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 def stop_orphan(pid_file: Path, conf: Path, timeout: float = 10.0) -> int | None:
     """Stop a nats-server left running on this data directory; its pid, or None.
 
@@ -68,23 +58,11 @@ def stop_orphan(pid_file: Path, conf: Path, timeout: float = 10.0) -> int | None
     still running on its config belongs to nobody.  A pid now used by another program
     (its command line does not name this config) is left alone.
     """
-    try:
-        pid = int(pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    if str(conf).encode() not in cmdline:
+    pid = procs.read_pidfile(pid_file)
+    if pid is None or not procs.alive(pid) or str(conf) not in procs.cmdline(pid):
         return None
     log.warning("stopping nats-server %d left running on %s by an earlier run", pid, conf)
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _running(pid):
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    procs.stop(pid, timeout)
     return pid
 
 
