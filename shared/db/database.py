@@ -44,7 +44,7 @@ class BatchUnit:
     conn: asyncpg.Connection
     outbox: list[OutboxRow] = field(default_factory=list)
     #: the ids of the batch's events, claimed for a consumer at its first ``consume``
-    event_ids: list[uuid.UUID] = field(default_factory=list)
+    event_ids: frozenset[uuid.UUID] = frozenset()
     #: per consumer, the ids claimed and not yet handed to a handler
     claimed: dict[str, set[uuid.UUID]] = field(default_factory=dict)
     #: statement → argument tuples, in the order the statements first appeared
@@ -55,8 +55,8 @@ class BatchUnit:
         fresh = self.claimed.get(consumer)
         if fresh is None:
             await self.flush_writes()  # a statement goes out: what was deferred goes first
-            ids = list(dict.fromkeys([*self.event_ids, event_id]))
-            rows = await self.conn.fetch(_CLAIM_MANY, consumer, ids)
+            rows = await self.conn.fetch(_CLAIM_MANY, consumer,
+                                         list(self.event_ids | {event_id}))
             fresh = self.claimed[consumer] = {r["event_id"] for r in rows}
         elif event_id not in fresh and event_id not in self.event_ids:
             # not one of the batch's own events: claimed on its own
@@ -82,17 +82,16 @@ class Transaction:
     conn: asyncpg.Connection
     schema: str
     emitted: list[Event] = field(default_factory=list)
-    #: in a batch unit of work, outbox rows are collected and written at its end
-    deferred: list[OutboxRow] | None = None
-    #: the batch unit of work this transaction is part of, if any
+    #: the batch unit of work this transaction is part of, if any: its outbox rows and
+    #: deferred writes are collected there and written at its end
     unit: BatchUnit | None = None
 
     async def emit(self, event: Event, subject: str | None = None) -> None:
         """Queue ``event`` for publishing; it leaves only if the transaction commits."""
         subj = subject or event.subject
-        if self.deferred is not None:
-            self.deferred.append((subj, event.event_id, json.dumps(event_headers(event)),
-                                  event.model_dump_json().encode()))
+        if self.unit is not None:
+            self.unit.outbox.append((subj, event.event_id, json.dumps(event_headers(event)),
+                                     event.model_dump_json().encode()))
             self.emitted.append(event)
             return
         await self.conn.execute(
@@ -185,7 +184,7 @@ class Database:
         :class:`BatchUnit`).
         """
         async with self.pool.acquire() as conn, conn.transaction():
-            unit = BatchUnit(db=self, conn=conn, event_ids=list(event_ids or []))
+            unit = BatchUnit(db=self, conn=conn, event_ids=frozenset(event_ids or ()))
             token = _batch.set(unit)
             try:
                 yield unit
@@ -201,8 +200,7 @@ class Database:
     async def transaction(self) -> AsyncIterator[Transaction]:
         unit = self._joined()
         if unit is not None:
-            yield Transaction(conn=unit.conn, schema=self.schema, deferred=unit.outbox,
-                              unit=unit)
+            yield Transaction(conn=unit.conn, schema=self.schema, unit=unit)
             return
         async with self.pool.acquire() as conn, conn.transaction():
             yield Transaction(conn=conn, schema=self.schema)
@@ -217,7 +215,7 @@ class Database:
         unit = self._joined()
         if unit is not None:
             inserted = await unit.claim(consumer, event.event_id)
-            yield Transaction(conn=unit.conn, schema=self.schema, deferred=unit.outbox,
+            yield Transaction(conn=unit.conn, schema=self.schema,
                               unit=unit) if inserted else None
             return
         async with self.pool.acquire() as conn, conn.transaction():
