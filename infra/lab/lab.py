@@ -264,10 +264,8 @@ def _remove_unfinished(paths: LabPaths, say: Say) -> bool:
         say(f"no lab in {paths.lab_dir}")
         return False
     with _locked(paths):  # an up still running holds it
-        if LabState.load(paths.state_file) is not None:
-            recorded = True
-        else:
-            recorded = False
+        recorded = LabState.load(paths.state_file) is not None
+        if not recorded:
             netns.delete_link(_bridge(_lab_id(paths)))  # if up got as far as making it
     if recorded:  # that up finished meanwhile: a whole lab to take down
         return down(paths, say)
