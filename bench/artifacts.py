@@ -4,11 +4,12 @@ A 200 MB file (random bytes, ``--size-mb``) lies on a build server: a real OpenS
 on loopback (``tests/sshd.py``), on this same machine.  Each round:
 
 * labfleet upload: the builder's own upload of a collected file (``BuildAttempt.upload``
-  on a ``BuildHost`` over the pooled asyncssh connection, already open as it is after a
-  build): SFTP read from the server, SHA-256 while streaming, stored in the JetStream
-  object store ``artifacts`` (file storage, the embedded server's ``sync_interval:
-  always``), then verified against the server's own checksum of the file (computed there
-  meanwhile) and the digest the object store recorded;
+  on a ``BuildHost``, its connections already open as they are after a build): read from
+  the server through the OpenSSH master (``labfleet.shared.ssh.openssh``; SFTP over the
+  pooled asyncssh connection where that is not possible), SHA-256 while streaming, stored
+  in the JetStream object store ``artifacts`` (file storage, the embedded server's
+  ``sync_interval: always``), then verified against the server's own checksum of the
+  file (computed there meanwhile) and the digest the object store recorded;
 * plain: OpenSSH's ``sftp`` getting the same file from the same sshd to local disk
   (over a master connection opened beforehand, as labfleet's is);
 * labfleet download: ``GET /api/v1/artifacts/<build>/<name>`` from a running gateway
@@ -212,11 +213,15 @@ class Builder:
         self.nc = nc
         self.store = ArtifactStore(nc.jetstream)
 
-    async def connect(self) -> str:
-        """Open the pooled connection (a build has it open when it uploads); its cipher."""
+    async def connect(self) -> tuple[str, str]:
+        """Open the pooled connection and the OpenSSH master for files (a build has both
+        open when it uploads); the pooled connection's cipher, and how files come."""
         a = self.host.access
         conn = await self.pool.connection(a.host, a.port, a.creds, a.host_key)
-        return str(conn.get_extra_info("recv_cipher") or "")
+        self.host.prepare_transfer()
+        master = await self.pool.bulk(a.host, a.port, a.creds, a.host_key)
+        return (str(conn.get_extra_info("recv_cipher") or ""),
+                "openssh" if master is not None else "sftp")
 
     async def upload(self, remote: str, name: str) -> tuple[float, Any]:
         from labfleet.builder.attempt import BuildAttempt
@@ -303,9 +308,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             nc = await nats.connect(nats_url)
             await ensure_streams(nc.jetstream())
             builder = Builder(nc, sshd)
-            cipher = await builder.connect()
+            cipher, transfer = await builder.connect()
             gateway.wait_ready()
-            say(f"pooled SSH connection cipher: {cipher}")
+            say(f"pooled SSH connection cipher: {cipher}; files through {transfer}")
             rounds: list[dict[str, Any]] = []
             for n in range(1, args.rounds + 1):
                 row: dict[str, Any] = {"round": n, "load_avg_before": loadavg()}
@@ -332,6 +337,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"download {row['labfleet_download_s']} s vs sftp "
                     f"{row['plain_down_s']} s; load {row['load_avg']}")
                 rounds.append(row)
+            # before the stack stops under them
+            await builder.close()
+            await nc.close()
+            gateway.stop()
+            builder = nc = gateway = None
     finally:
         if builder:
             await builder.close()
@@ -353,7 +363,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     mbs = lambda s: round(size / MB / s, 1)  # noqa: E731
     return {
         "bench": "artifacts", "size_mb": args.size_mb, "rounds": args.rounds,
-        "ssh_cipher": cipher,
+        "ssh_cipher": cipher, "file_transfer": transfer,
         "upload_ratio_vs_sftp": round(plain_up / up, 3),
         "download_ratio_vs_sftp": round(plain_down / down, 3),
         "labfleet_upload_s": round(up, 3), "labfleet_upload_mb_s": mbs(up),

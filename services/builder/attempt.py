@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import asyncssh
 
 from labfleet.shared.events.build import ArtifactInfo, BuildPhase, BuildSpec
+from labfleet.shared.ssh import RemoteCommandFailed, SshError
 
 from .adapters.artifact_store import ArtifactStore
 from .adapters.history import CompileHistories
@@ -74,6 +75,8 @@ class BuildAttempt:
     async def run(self) -> AttemptResult:
         started = time.monotonic()
         spec = self.spec
+        # the connection that carries the artifacts at the end logs in meanwhile
+        self.host.prepare_transfer()
         await self.on_phase(BuildPhase.FETCH)
         await self.step("fetch", plan.fetch_step(self.ws, spec.repo_url))
         commit = await self.resolve()
@@ -300,25 +303,30 @@ class BuildAttempt:
         try:
             sums = (await on_server if on_server is not None
                     and self.store.needs_server_sums_first else {})
-            async with self.host.sftp() as sftp:
-                for path, name in files:
-                    await self.guard()
-                    object_name = f"{self.build_id}/{name}"
-                    async with sftp.open(path, "rb") as remote_file:
-                        stored = await self.store.upload(object_name, remote_file,
-                                                         metadata=metadata,
-                                                         sha256=sums.get(path, ""))
-                    await self.log.note(f"stored {name} ({stored.size} bytes, "
-                                        f"sha256 {stored.sha256})")
-                    out.append(ArtifactInfo(name=name, size=stored.size, sha256=stored.sha256,
-                                            object_name=object_name, bucket=self.store.bucket,
-                                            backend=self.store.backend,
-                                            metadata=dict(metadata or {})))
+            for path, name in files:
+                await self.guard()
+                object_name = f"{self.build_id}/{name}"
+                async with self.host.open_file(path) as remote_file:
+                    stored = await self.store.upload(object_name, remote_file,
+                                                     metadata=metadata,
+                                                     sha256=sums.get(path, ""))
+                await self.log.note(f"stored {name} ({stored.size} bytes, "
+                                    f"sha256 {stored.sha256})")
+                out.append(ArtifactInfo(name=name, size=stored.size, sha256=stored.sha256,
+                                        object_name=object_name, bucket=self.store.bucket,
+                                        backend=self.store.backend,
+                                        metadata=dict(metadata or {})))
         except BaseException as exc:
             if on_server is not None:
                 on_server.cancel()
                 await asyncio.gather(on_server, return_exceptions=True)
-            if isinstance(exc, asyncssh.Error):
+            if isinstance(exc, RemoteCommandFailed):
+                raise BuildError(
+                    "artifact_unreadable", f"an artifact could not be read on "
+                    f"{self.host.name}: {exc.message}",
+                    hint="something removed or locked the build's output meanwhile; build "
+                         "again", retryable=True) from None
+            if isinstance(exc, asyncssh.Error | SshError):
                 raise server_lost(self.host.access, exc) from None
             raise
         await self.verify(files, out, await on_server if on_server is not None else {})

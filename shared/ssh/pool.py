@@ -6,6 +6,7 @@ import errno
 import logging
 import shlex
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from .errors import (
     RemoteCommandFailed,
     SshError,
 )
+from .openssh import OpenSshMaster
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ async def probe_host_key(host: str, port: int, timeout: float = 10.0) -> str:
 class SshPool:
     """One persistent connection per (host, port, user); opened lazily, re-opened on loss."""
 
+    #: seconds before a master that could not log in is tried again
+    BULK_RETRY_S = 300.0
+
     def __init__(self, *, connect_timeout: float = 10.0, command_timeout: float = 60.0,
                  keepalive_s: float = 15.0, max_sessions: int = 8) -> None:
         self.connect_timeout = connect_timeout
@@ -102,6 +107,9 @@ class SshPool:
         self._conns: dict[tuple[str, int, str], asyncssh.SSHClientConnection] = {}
         self._locks: dict[tuple[str, int, str], asyncio.Lock] = {}
         self._sessions = max_sessions
+        #: OpenSSH masters for bulk reads, started in the background on first ask
+        self._masters: dict[tuple[str, int, str], asyncio.Task[OpenSshMaster | None]] = {}
+        self._bulk_failed: dict[tuple[str, int, str], float] = {}
 
     async def connect(self, host: str, port: int, creds: Credentials,
                       host_key: str | None) -> asyncssh.SSHClientConnection:
@@ -160,6 +168,71 @@ class SshPool:
         conn = self._conns.pop((host, port, username), None)
         if conn is not None:
             conn.close()
+        self._drop_master((host, port, username))
+
+    # ---- bulk reads through OpenSSH (see .openssh) --------------------------------
+
+    def warm_bulk(self, host: str, port: int, creds: Credentials, host_key: str | None) -> None:
+        """Start logging the OpenSSH master in, without waiting (a build does this at its
+        start, so its upload finds the master ready).  A master that died is restarted;
+        one that could not start is tried again after :attr:`BULK_RETRY_S`."""
+        key = (host, port, creds.username)
+        task = self._masters.get(key)
+        if task is not None:
+            if not task.done():
+                return  # logging in
+            master = None if task.cancelled() or task.exception() else task.result()
+            if master is not None and master.alive:
+                return
+            if master is None and time.monotonic() - self._bulk_failed.get(key, 0.0) \
+                    < self.BULK_RETRY_S:
+                return  # SFTP for now
+            if master is not None:
+                asyncio.ensure_future(master.close())
+        self._masters[key] = asyncio.create_task(self._start_master(host, port, creds, host_key))
+
+    async def bulk(self, host: str, port: int, creds: Credentials,
+                   host_key: str | None) -> OpenSshMaster | None:
+        """The logged-in OpenSSH master for large reads, or None where there is none
+        (password login, no ``ssh`` client, or OpenSSH could not log in: logged once)."""
+        self.warm_bulk(host, port, creds, host_key)
+        return await asyncio.shield(self._masters[(host, port, creds.username)])
+
+    async def _start_master(self, host: str, port: int, creds: Credentials,
+                            host_key: str | None) -> OpenSshMaster | None:
+        key = (host, port, creds.username)
+        if not host_key or not OpenSshMaster.available(creds.private_key):
+            self._bulk_failed[key] = time.monotonic()
+            return None
+        master = OpenSshMaster(host, port, creds.username, creds.private_key or "", host_key,
+                               connect_timeout=self.connect_timeout, keepalive_s=self.keepalive_s)
+        try:
+            await master.start()
+        except (SshError, OSError) as exc:
+            await master.close()
+            why = exc.message if isinstance(exc, SshError) else f"{type(exc).__name__}: {exc}"
+            log.warning("large files from %s:%s come over SFTP: the OpenSSH client could not "
+                        "connect (%s)", host, port, why)
+            self._bulk_failed[key] = time.monotonic()
+            return None
+        except BaseException:
+            await master.close()  # cancelled while logging in: leave no ssh behind
+            raise
+        return master
+
+    def _drop_master(self, key: tuple[str, int, str]) -> None:
+        self._bulk_failed.pop(key, None)
+        task = self._masters.pop(key, None)
+        if task is not None:
+            asyncio.ensure_future(self._close_master(task))
+
+    @staticmethod
+    async def _close_master(task: asyncio.Task[OpenSshMaster | None]) -> None:
+        if not task.done():
+            task.cancel()
+        results = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(results[0], OpenSshMaster):
+            await results[0].close()
 
     async def run(self, host: str, port: int, creds: Credentials, host_key: str | None,
                   argv: Sequence[str], *, check: bool = True, timeout: float | None = None,
@@ -193,6 +266,9 @@ class SshPool:
         return await self._get(host, port, creds, host_key)
 
     async def close(self) -> None:
+        masters = list(self._masters.values())
+        self._masters.clear()
+        await asyncio.gather(*(self._close_master(t) for t in masters))
         for conn in self._conns.values():
             conn.close()
         for conn in list(self._conns.values()):

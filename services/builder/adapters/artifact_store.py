@@ -118,6 +118,9 @@ class ArtifactStore:
         async def read_ahead() -> None:
             try:
                 while data := await remote_file.read(read_size):
+                    if len(data) <= chunk_size:
+                        await blocks.put(data)  # a chunk as it is: no copy
+                        continue
                     view = memoryview(data)
                     for at in range(0, len(view), chunk_size):
                         await blocks.put(bytes(view[at:at + chunk_size]))

@@ -127,5 +127,24 @@ class BuildHost:
         finally:
             client.exit()
 
+    def prepare_transfer(self) -> None:
+        """Have the OpenSSH master for large files log in meanwhile (see
+        :mod:`labfleet.shared.ssh.openssh`); the upload waits for it only if it must."""
+        a = self.access
+        self.pool.warm_bulk(a.host, a.port, a.creds, a.host_key)
+
+    @asynccontextmanager
+    async def open_file(self, path: str) -> AsyncIterator[Any]:
+        """A file on the server to stream (``await f.read(n)``): through OpenSSH where the
+        server takes key logins, else over SFTP on the pooled connection."""
+        a = self.access
+        master = await self.pool.bulk(a.host, a.port, a.creds, a.host_key)
+        if master is not None and master.alive:
+            async with master.read_file(path) as reader:
+                yield reader
+            return
+        async with self.sftp() as sftp, sftp.open(path, "rb") as remote_file:
+            yield remote_file
+
     async def sha256sums(self, paths: list[str]) -> dict[str, str]:
         return plan.parse_sha256sums(await self.output(plan.sha256sums(paths)))

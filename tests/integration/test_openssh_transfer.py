@@ -1,0 +1,196 @@
+"""Large files through the OpenSSH client (``labfleet.shared.ssh.openssh``) against a real
+sshd: the bytes, the key kept off the disk, the errors a person can act on, a master that
+dies and comes back, the SFTP fallback, and no ``ssh`` process left behind."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from labfleet.builder.adapters.log_stream import BuildLog
+from labfleet.builder.adapters.remote import BuildHost
+from labfleet.builder.attempt import BuildAttempt
+from labfleet.builder.domain import remote_plan as plan
+from labfleet.builder.domain.errors import BuildError
+from labfleet.shared.bus import ensure_streams
+from labfleet.shared.events.build import BuildSpec
+from labfleet.shared.events.resource import Arch
+from labfleet.shared.ssh import AuthenticationFailed, HostKeyMismatch, RemoteCommandFailed
+from labfleet.shared.ssh import openssh
+from labfleet.shared.ssh.openssh import OpenSshMaster, PipeReader
+
+from tests.artifact_helpers import build_host, server_file
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that mention ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue  # gone meanwhile
+            if text in cmdline:
+                found.append(f"{proc.name} {cmdline}")
+    return found
+
+
+async def read_all(reader: Any, n: int = 1 << 20) -> bytes:
+    out = bytearray()
+    while block := await reader.read(n):
+        out += block
+    return bytes(out)
+
+
+async def master_of(host: BuildHost) -> OpenSshMaster:
+    a = host.access
+    master = await host.pool.bulk(a.host, a.port, a.creds, a.host_key)
+    assert master is not None, "the test sshd takes key logins: a master should be up"
+    return master
+
+
+async def test_a_file_comes_through_openssh_and_the_key_never_touches_disk(sshd: Any) -> None:
+    data = os.urandom(9 * 1024 * 1024 + 333)
+    path = server_file(sshd, "Image-openssh", data)
+    async with build_host(sshd, "openssh") as host:
+        host.prepare_transfer()
+        master = await master_of(host)
+        assert master.dir is not None
+        private = master.dir
+        # the private directory holds the pinned host key and the socket, no key file
+        assert sorted(p.name for p in private.iterdir()) == ["control", "known_hosts"]
+        assert oct(private.stat().st_mode & 0o777) == "0o700"
+        assert sshd.private_key.strip().splitlines()[1] not in "".join(
+            p.read_text(errors="replace") for p in private.iterdir() if p.is_file())
+        async with host.open_file(str(path)) as f:
+            assert isinstance(f, PipeReader)
+            # full blocks until the last one
+            first = await f.read(4 << 20)
+            assert len(first) == 4 << 20
+            got = first + await read_all(f, 4 << 20)
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+        assert processes_mentioning(str(private)), "the master keeps running between files"
+    # closing the pool ends the master and removes its directory
+    assert not private.exists()
+    assert processes_mentioning(str(private)) == []
+
+
+async def test_a_missing_file_fails_with_the_servers_words(sshd: Any, nc: Any,
+                                                           unique: str) -> None:
+    async with build_host(sshd, "openssh-missing") as host:
+        missing = str(sshd.workdir / "files" / "no-such-Image")
+        with pytest.raises(RemoteCommandFailed) as failed:
+            async with host.open_file(missing) as f:
+                await read_all(f)
+        assert failed.value.exit_status == 1
+        assert "No such file" in failed.value.message and missing in failed.value.message
+
+        # the builder's upload turns it into a build error saying what could not be read
+        bucket = f"test-openssh-{unique}"
+        attempt = await attempt_on(host, sshd, nc, bucket)
+        try:
+            with pytest.raises(BuildError) as build_failed:
+                await attempt.upload([(missing, "Image")])
+        finally:
+            await nc.jetstream().delete_object_store(bucket)
+        assert build_failed.value.code == "artifact_unreadable"
+        assert "no-such-Image" in str(build_failed.value)
+
+
+async def attempt_on(host: BuildHost, sshd: Any, nc: Any, bucket: str) -> BuildAttempt:
+    from labfleet.builder.adapters.artifact_store import ArtifactStore
+
+    js = nc.jetstream()
+    await ensure_streams(js)
+    build_id = uuid.uuid4()
+
+    async def nothing(*_args: Any) -> None:
+        return None
+
+    return BuildAttempt(
+        build_id=build_id, number=1,
+        spec=BuildSpec(repo_url="file:///x", arch=Arch.X86_64, artifacts=["Image"]),
+        host=host, ws=plan.Workspace(root=str(sshd.workdir), build_id=build_id),
+        log=await BuildLog(js, build_id, 1).open(),
+        store=ArtifactStore(nc.jetstream, bucket=bucket),
+        toolchain_prefix="", jobs=1, on_phase=nothing, guard=nothing)
+
+
+async def test_a_killed_master_is_started_again(sshd: Any) -> None:
+    data = os.urandom(300_000)
+    path = server_file(sshd, "zImage-openssh", data)
+    async with build_host(sshd, "openssh-killed") as host:
+        first = await master_of(host)
+        assert first.process is not None
+        os.kill(first.process.pid, signal.SIGKILL)
+        await first.process.wait()
+        assert not first.alive
+        async with host.open_file(str(path)) as f:
+            assert isinstance(f, PipeReader)
+            assert await read_all(f) == data
+        second = await master_of(host)
+        assert second is not first and second.alive
+        await asyncio.sleep(0.2)  # the dead master's directory is removed in the background
+        assert first.dir is None
+
+
+async def test_without_an_openssh_client_files_come_over_sftp(
+        sshd: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openssh, "ssh_binary", lambda: None)
+    data = os.urandom(200_000)
+    path = server_file(sshd, "vmlinux-sftp", data)
+    async with build_host(sshd, "openssh-absent") as host:
+        async with host.open_file(str(path)) as f:
+            assert not isinstance(f, PipeReader)
+            assert await read_all(f) == data
+
+
+async def test_openssh_refuses_a_wrong_host_key_and_a_wrong_private_key(
+        sshd: Any, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    other_public = (tmp_path / "k.pub").read_text().strip()
+    other_private = (tmp_path / "k").read_text()
+
+    wrong_host = OpenSshMaster(sshd.host, sshd.port, sshd.username, sshd.private_key,
+                               other_public, connect_timeout=5)
+    with pytest.raises(HostKeyMismatch):
+        await wrong_host.start()
+    assert not wrong_host.alive and wrong_host.dir is None
+
+    wrong_key = OpenSshMaster(sshd.host, sshd.port, sshd.username, other_private,
+                              sshd.host_key, connect_timeout=5)
+    with pytest.raises(AuthenticationFailed) as failed:
+        await wrong_key.start()
+    assert "Permission denied" in failed.value.detail
+    assert "rejected the credentials" in failed.value.message
+    assert not wrong_key.alive and wrong_key.dir is None
+
+
+async def test_leaving_a_file_half_read_ends_its_transfer(sshd: Any) -> None:
+    """A failed upload stops reading: the remote ``cat`` goes, the pipe is closed, and the
+    master carries on with the next file."""
+    data = os.urandom(64 * 1024 * 1024)
+    path = server_file(sshd, "vmlinux-half", data)
+    async with build_host(sshd, "openssh-half") as host:
+        async with asyncio.timeout(20):
+            async with host.open_file(str(path)) as f:
+                assert isinstance(f, PipeReader)
+                assert len(await f.read(1 << 20)) == 1 << 20
+                process = f.process
+            assert process.returncode is not None and f.fd == -1
+            # the server's end goes too ("server" processes run on this machine)
+            while processes_mentioning(f"cat -- {path}"):
+                await asyncio.sleep(0.05)
+        async with host.open_file(str(path)) as again:
+            assert hashlib.sha256(await read_all(again, 8 << 20)).digest() == \
+                hashlib.sha256(data).digest()
