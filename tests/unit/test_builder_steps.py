@@ -109,3 +109,49 @@ def test_the_follow_ends_when_a_killed_steps_group_is_gone(tmp_path: Path) -> No
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def counting_sleep(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose ``sleep`` notes each start in a file, then sleeps."""
+    bin_dir = tmp_path / "countbin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sleeps"
+    calls.write_text("")
+    real = subprocess.run(["sh", "-c", "command -v sleep"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    (bin_dir / "sleep").write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {real} "$@"\n')
+    (bin_dir / "sleep").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, calls
+
+
+def test_the_follow_waits_on_the_steps_lock_without_polling(tmp_path: Path) -> None:
+    has_flock = subprocess.run(["sh", "-c", "command -v flock"], capture_output=True).returncode
+    assert has_flock == 0, "flock (util-linux) is part of the test machine's base system"
+    ws = workspace(tmp_path)
+    pid = launch(ws, "compile", ["sh", "-c", "echo one; sleep 1.5; echo two"])
+    env, calls = counting_sleep(tmp_path)
+    started = time.monotonic()
+    out = subprocess.run(plan.follow(ws, "compile", 0, pid), capture_output=True, text=True,
+                         timeout=20, env=env).stdout
+    took = time.monotonic() - started
+    assert out == "one\ntwo\n" and status(ws, "compile", pid) == "0"
+    assert took < 2.5, took
+    # the old watcher started a sleep every 0.1 s: about 15 here
+    assert calls.read_text() == "", calls.read_text()
+
+
+def test_a_background_process_left_by_the_step_does_not_hold_its_follow(
+        tmp_path: Path) -> None:
+    """The command does not inherit the step's lock: what it leaves running (a daemon, a
+    forgotten ``&``) neither keeps the follow waiting nor makes the step look unfinished."""
+    ws = workspace(tmp_path)
+    pid = launch(ws, "compile", ["sh", "-c", "sleep 30 > /dev/null 2>&1 & echo built"])
+    try:
+        out, took = follow(ws, "compile", pid)
+        assert out == "built\n" and took < 1.5, took
+        assert status(ws, "compile", pid) == "0"
+    finally:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
