@@ -195,11 +195,13 @@ class Builder:
             ResourceView,
             SshTarget,
         )
+        from labfleet.shared.memory import keep_large_buffers
         from labfleet.shared.settings import Settings
         from labfleet.shared.ssh import Credentials, SshPool
 
         settings = Settings()
         # as builder.main wires it
+        keep_large_buffers()
         self.pool = SshPool(connect_timeout=settings.ssh_connect_timeout_s,
                             command_timeout=settings.ssh_command_timeout_s)
         view = ResourceView(

@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from labfleet.shared.memory import keep_large_buffers
 from labfleet.shared.s3 import S3Store
 from labfleet.shared.service import Service
 from labfleet.shared.settings import Settings
@@ -23,6 +24,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 
 def create(settings: Settings, config: BuilderConfig | None = None) -> Service:
     config = config or BuilderConfig()
+    keep_large_buffers()  # artifacts pass through in 4 MiB blocks
     svc = Service.create("builder", settings, migrations=MIGRATIONS)
     assert svc.db is not None
     ssh = SshPool(connect_timeout=settings.ssh_connect_timeout_s,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import asyncpg
 import uvicorn
+from labfleet.shared.memory import keep_large_buffers
 from labfleet.shared.s3 import S3Store
 from labfleet.shared.service import Service
 from labfleet.shared.settings import Settings
@@ -109,6 +110,7 @@ class GatewayService(Service):
 
 
 def create(settings: Settings) -> GatewayService:
+    keep_large_buffers()  # artifact downloads pass through in multi-megabyte batches
     svc = GatewayService.create("gateway", settings, migrations=HERE / "migrations")
     assert isinstance(svc, GatewayService) and svc.db is not None
     state = SharedState(svc.bus)
