@@ -173,6 +173,14 @@ class OpenSshMaster:
             log.warning("OpenSSH master for %s:%s: %s", self.host, self.port,
                         line.decode(errors="replace").rstrip())
 
+    def client_argv(self, argv: list[str]) -> list[str]:
+        """``ssh`` running ``argv`` through the master.  Should the master be gone, ssh
+        would log in afresh: with no way to authenticate left (no key of ours, none of
+        ``~/.ssh``'s, no password), that fails at once instead."""
+        return [ssh_binary() or "ssh", *self._options(), "-o", "ControlMaster=no",
+                "-o", "PubkeyAuthentication=no", f"{self.username}@{self.host}",
+                shlex.join(argv)]
+
     @contextlib.asynccontextmanager
     async def read_file(self, path: str) -> AsyncIterator[PipeReader]:
         """``path`` on the server as a stream (``await f.read(n)``); its ``cat``'s failure
@@ -187,8 +195,7 @@ class OpenSshMaster:
             fcntl.fcntl(read_end, F_SETPIPE_SZ, PIPE_SIZE)
         try:
             process = await asyncio.create_subprocess_exec(
-                ssh_binary() or "ssh", *self._options(), "-o", "ControlMaster=no",
-                f"{self.username}@{self.host}", shlex.join(argv),
+                *self.client_argv(argv),
                 stdin=asyncio.subprocess.DEVNULL, stdout=write_end,
                 stderr=asyncio.subprocess.PIPE)
         except BaseException:

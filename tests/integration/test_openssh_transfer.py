@@ -194,3 +194,23 @@ async def test_leaving_a_file_half_read_ends_its_transfer(sshd: Any) -> None:
         async with host.open_file(str(path)) as again:
             assert hashlib.sha256(await read_all(again, 8 << 20)).digest() == \
                 hashlib.sha256(data).digest()
+
+
+async def test_without_its_master_a_client_cannot_log_in_by_itself(sshd: Any) -> None:
+    """A client whose master died must not find another way in (a key of ~/.ssh)."""
+    master = OpenSshMaster(sshd.host, sshd.port, sshd.username, sshd.private_key,
+                           sshd.host_key, connect_timeout=5)
+    await master.start()
+    try:
+        assert master.process is not None
+        ok = subprocess.run(master.client_argv(["echo", "through-the-master"]),
+                            capture_output=True, text=True, timeout=20)
+        assert ok.returncode == 0 and ok.stdout == "through-the-master\n"
+        master.process.kill()
+        await master.process.wait()
+        refused = subprocess.run(master.client_argv(["echo", "alone"]),
+                                 capture_output=True, text=True, timeout=20)
+        assert refused.returncode == 255 and "alone" not in refused.stdout
+        assert "Permission denied" in refused.stderr
+    finally:
+        await master.close()
