@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,7 @@ from labfleet.builder.domain.errors import BuildError
 from labfleet.shared.bus import ensure_streams
 from labfleet.shared.events.build import BuildSpec
 from labfleet.shared.events.resource import Arch
-from labfleet.shared.ssh import AuthenticationFailed, HostKeyMismatch, RemoteCommandFailed
-from labfleet.shared.ssh import openssh
+from labfleet.shared.ssh import AuthenticationFailed, HostKeyMismatch, RemoteCommandFailed, openssh
 from labfleet.shared.ssh.openssh import OpenSshMaster, PipeReader
 
 from tests.artifact_helpers import build_host, server_file
@@ -214,3 +215,40 @@ async def test_without_its_master_a_client_cannot_log_in_by_itself(sshd: Any) ->
         assert "Permission denied" in refused.stderr
     finally:
         await master.close()
+
+
+HOLDER = r"""
+import asyncio, sys
+from labfleet.shared.ssh.openssh import OpenSshMaster
+
+host, port, user, key_file, host_key = sys.argv[1:6]
+
+async def main():
+    master = OpenSshMaster(host, int(port), user, open(key_file).read(), host_key)
+    await master.start()
+    print(master.dir, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_service_leaves_no_master_behind(sshd: Any) -> None:
+    """SIGKILL gives a service no chance to close its masters: the kernel ends them."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, sshd.host, str(sshd.port), sshd.username,
+         str(sshd.private_key_path), sshd.host_key],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        private = (await asyncio.to_thread(holder.stdout.readline)).strip()
+        assert private and processes_mentioning(private), "the master should be running"
+    finally:
+        holder.kill()
+        holder.wait()
+    for _ in range(100):
+        if not processes_mentioning(private):
+            break
+        await asyncio.sleep(0.05)
+    assert processes_mentioning(private) == []
+    shutil.rmtree(private, ignore_errors=True)  # the killed service could not
