@@ -51,8 +51,38 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 SSH_FAILED = 255
 
 
+#: the private directories of masters: ``labfleet-ssh-<pid of the service>-<random>``
+DIR_PREFIX = "labfleet-ssh-"
+_swept = False
+
+
 def ssh_binary() -> str | None:
     return shutil.which("ssh")
+
+
+def sweep_stale_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the private directories of masters whose service is no longer running (it
+    was killed before it could); once per process unless ``parent`` is given."""
+    global _swept
+    if parent is None:
+        if _swept:
+            return []
+        _swept = True
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(f"{DIR_PREFIX}*-*"):
+        pid = path.name[len(DIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its service runs (or the pid is someone else's now): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's process
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def _classify_stderr(host: str, port: int, username: str, stderr: str,
@@ -125,7 +155,10 @@ class OpenSshMaster:
         ssh = ssh_binary()
         if ssh is None:
             raise SshError(self.host, self.port, "no OpenSSH client (ssh) on this machine")
-        self.dir = Path(tempfile.mkdtemp(prefix="labfleet-ssh-"))  # mode 0700
+        sweep_stale_dirs()
+        # mode 0700; the pid in the name lets a later start remove it should this
+        # process be killed before it can
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
         (self.dir / "known_hosts").write_text(f"[{self.host}]:{self.port} {self._host_key}\n")
         key_fd = os.memfd_create("labfleet-ssh-key", os.MFD_CLOEXEC)
         try:

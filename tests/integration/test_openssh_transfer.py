@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -251,4 +250,20 @@ async def test_a_killed_service_leaves_no_master_behind(sshd: Any) -> None:
             break
         await asyncio.sleep(0.05)
     assert processes_mentioning(private) == []
-    shutil.rmtree(private, ignore_errors=True)  # the killed service could not
+    # the killed service could not remove its directory: the next start does
+    assert Path(private).exists()
+    assert Path(private) in openssh.sweep_stale_dirs(Path(private).parent)
+    assert not Path(private).exists()
+
+
+def test_directories_of_killed_services_are_swept(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"{openssh.DIR_PREFIX}{gone.pid}-abc123"
+    live = tmp_path / f"{openssh.DIR_PREFIX}{os.getpid()}-def456"
+    foreign = tmp_path / f"{openssh.DIR_PREFIX}notapid"
+    for d in (stale, live, foreign):
+        d.mkdir()
+        (d / "known_hosts").write_text("[127.0.0.1]:22 ssh-ed25519 AAAA\n")
+    assert openssh.sweep_stale_dirs(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and foreign.exists()
