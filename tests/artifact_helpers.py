@@ -1,5 +1,5 @@
-"""What the artifact store tests share: a build host on the test sshd, files placed on it,
-and a remote file that breaks mid-read."""
+"""What the artifact store tests share: a build host on the test sshd, an attempt's upload
+on it, files placed on it, and a remote file that breaks mid-read."""
 from __future__ import annotations
 
 import uuid
@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from labfleet.builder.adapters.inventory import ServerAccess
+from labfleet.builder.adapters.log_stream import BuildLog
 from labfleet.builder.adapters.remote import BuildHost
+from labfleet.builder.attempt import BuildAttempt
+from labfleet.builder.domain import remote_plan as plan
+from labfleet.shared.bus import ensure_streams
+from labfleet.shared.events.build import BuildSpec
 from labfleet.shared.events.resource import Arch, ResourceKind, ResourceView, SshTarget
 from labfleet.shared.ssh import Credentials, SshPool
 
@@ -28,6 +33,24 @@ async def build_host(sshd: Any, name: str) -> AsyncIterator[BuildHost]:
             sshd.username, private_key=sshd.private_key)), command_timeout=30)
     finally:
         await pool.close()
+
+
+async def make_attempt(nc: Any, sshd: Any, host: BuildHost, store: Any,
+                       server_name: str = "") -> BuildAttempt:
+    """A build attempt on ``host`` whose upload stores into ``store`` (its steps unused)."""
+    js = nc.jetstream()
+    await ensure_streams(js)
+    build_id = uuid.uuid4()
+
+    async def nothing(*_args: Any) -> None:
+        return None
+
+    return BuildAttempt(
+        build_id=build_id, number=1,
+        spec=BuildSpec(repo_url="file:///x", arch=Arch.X86_64, artifacts=["Image"]),
+        host=host, ws=plan.Workspace(root=str(sshd.workdir), build_id=build_id),
+        log=await BuildLog(js, build_id, 1).open(), store=store, toolchain_prefix="", jobs=1,
+        on_phase=nothing, guard=nothing, server_name=server_name)
 
 
 def server_file(sshd: Any, name: str, data: bytes, folder: str = "files") -> Path:

@@ -277,7 +277,6 @@ class PipeReader:
         self.host, self.port, self.username = host, port, username
         self.argv = argv
         self.timeout = timeout
-        self.size = 0
         self._reading: asyncio.Future[bytearray] | None = None
 
     def _fill(self, n: int) -> bytearray:
@@ -302,7 +301,6 @@ class PipeReader:
         self._reading = None
         if not data:
             await self._finished()
-        self.size += len(data)
         return data  # type: ignore[return-value] - a bytearray reads as bytes everywhere
 
     async def close(self) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,10 @@ from typing import Any
 import nats
 import pytest
 from labfleet.builder.adapters.artifact_store import CHUNK, ArtifactStore
-from labfleet.builder.adapters.log_stream import BuildLog
 from labfleet.builder.adapters.remote import BuildHost
-from labfleet.builder.attempt import BuildAttempt
-from labfleet.builder.domain import remote_plan as plan
 from labfleet.builder.domain.errors import BuildError
-from labfleet.shared.bus import ensure_streams
-from labfleet.shared.events.build import BuildSpec
-from labfleet.shared.events.resource import Arch
 
-from tests.artifact_helpers import Breaks, build_host
+from tests.artifact_helpers import Breaks, build_host, make_attempt
 from tests.artifact_helpers import server_file as place_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -223,19 +216,8 @@ async def test_a_failed_read_leaves_no_object_and_no_chunks(
 
 async def test_a_file_changed_after_reading_fails_verification(
         sshd: Any, host: BuildHost, store: ArtifactStore, nc: Any) -> None:
-    js = nc.jetstream()
-    await ensure_streams(js)
-    build_id = uuid.uuid4()
-
-    async def nothing(*_args: Any) -> None:
-        return None
-
-    attempt = BuildAttempt(
-        build_id=build_id, number=1,
-        spec=BuildSpec(repo_url="file:///x", arch=Arch.X86_64, artifacts=["Image"]),
-        host=host, ws=plan.Workspace(root=str(sshd.workdir), build_id=build_id),
-        log=await BuildLog(js, build_id, 1).open(), store=store, toolchain_prefix="", jobs=1,
-        on_phase=nothing, guard=nothing)
+    attempt = await make_attempt(nc, sshd, host, store)
+    build_id = attempt.build_id
     data = os.urandom(CHUNK + 7)
     path = server_file(sshd, f"Image-{build_id}", data)
     [info] = await attempt.upload([(str(path), "Image")])  # verified: same bytes

@@ -9,23 +9,17 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from labfleet.builder.adapters.log_stream import BuildLog
+from labfleet.builder.adapters.artifact_store import ArtifactStore
 from labfleet.builder.adapters.remote import BuildHost
-from labfleet.builder.attempt import BuildAttempt
-from labfleet.builder.domain import remote_plan as plan
 from labfleet.builder.domain.errors import BuildError
-from labfleet.shared.bus import ensure_streams
-from labfleet.shared.events.build import BuildSpec
-from labfleet.shared.events.resource import Arch
 from labfleet.shared.ssh import AuthenticationFailed, HostKeyMismatch, RemoteCommandFailed, openssh
 from labfleet.shared.ssh.openssh import OpenSshMaster, PipeReader
 
-from tests.artifact_helpers import build_host, server_file
+from tests.artifact_helpers import build_host, make_attempt, server_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -96,7 +90,7 @@ async def test_a_missing_file_fails_with_the_servers_words(sshd: Any, nc: Any,
 
         # the builder's upload turns it into a build error saying what could not be read
         bucket = f"test-openssh-{unique}"
-        attempt = await attempt_on(host, sshd, nc, bucket)
+        attempt = await make_attempt(nc, sshd, host, ArtifactStore(nc.jetstream, bucket=bucket))
         try:
             with pytest.raises(BuildError) as build_failed:
                 await attempt.upload([(missing, "Image")])
@@ -104,25 +98,6 @@ async def test_a_missing_file_fails_with_the_servers_words(sshd: Any, nc: Any,
             await nc.jetstream().delete_object_store(bucket)
         assert build_failed.value.code == "artifact_unreadable"
         assert "no-such-Image" in str(build_failed.value)
-
-
-async def attempt_on(host: BuildHost, sshd: Any, nc: Any, bucket: str) -> BuildAttempt:
-    from labfleet.builder.adapters.artifact_store import ArtifactStore
-
-    js = nc.jetstream()
-    await ensure_streams(js)
-    build_id = uuid.uuid4()
-
-    async def nothing(*_args: Any) -> None:
-        return None
-
-    return BuildAttempt(
-        build_id=build_id, number=1,
-        spec=BuildSpec(repo_url="file:///x", arch=Arch.X86_64, artifacts=["Image"]),
-        host=host, ws=plan.Workspace(root=str(sshd.workdir), build_id=build_id),
-        log=await BuildLog(js, build_id, 1).open(),
-        store=ArtifactStore(nc.jetstream, bucket=bucket),
-        toolchain_prefix="", jobs=1, on_phase=nothing, guard=nothing)
 
 
 async def test_a_killed_master_is_started_again(sshd: Any) -> None:

@@ -14,29 +14,24 @@ import asyncio
 import base64
 import hashlib
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from labfleet.builder.adapters.log_stream import BuildLog
 from labfleet.builder.adapters.remote import BuildHost
 from labfleet.builder.adapters.s3_store import PART_SIZE, S3ArtifactStore
-from labfleet.builder.attempt import BuildAttempt
 from labfleet.builder.config import BuilderConfig
-from labfleet.builder.domain import remote_plan as plan
 from labfleet.builder.domain.errors import BuildError
 from labfleet.deployer.adapters.artifacts import ArtifactMissing, ArtifactSource
-from labfleet.shared.bus import ensure_streams
-from labfleet.shared.events.build import ArtifactInfo, BuildSpec, BuildStatus
+from labfleet.shared.events.build import ArtifactInfo, BuildStatus
 from labfleet.shared.events.resource import Arch
 from labfleet.shared.s3 import S3ObjectCorrupt, S3Store
 from labfleet.shared.settings import S3Config
 from pydantic import SecretStr
 
-from tests.artifact_helpers import Breaks, build_host
+from tests.artifact_helpers import Breaks, build_host, make_attempt
 from tests.artifact_helpers import server_file as place_file
 from tests.s3server import S3Server, start_s3_server
 
@@ -73,22 +68,6 @@ async def host(sshd: Any) -> AsyncIterator[BuildHost]:
         yield h
 
 
-async def make_attempt(nc: Any, sshd: Any, host: BuildHost, store: Any) -> BuildAttempt:
-    js = nc.jetstream()
-    await ensure_streams(js)
-    build_id = uuid.uuid4()
-
-    async def nothing(*_args: Any) -> None:
-        return None
-
-    return BuildAttempt(
-        build_id=build_id, number=1,
-        spec=BuildSpec(repo_url="file:///x", arch=Arch.X86_64, artifacts=["Image"]),
-        host=host, ws=plan.Workspace(root=str(sshd.workdir), build_id=build_id),
-        log=await BuildLog(js, build_id, 1).open(), store=store, toolchain_prefix="", jobs=1,
-        on_phase=nothing, guard=nothing, server_name="s3-test")
-
-
 def server_file(sshd: Any, name: str, data: bytes) -> Path:
     return place_file(sshd, name, data, folder="s3-files")
 
@@ -112,7 +91,7 @@ async def keys(s3: S3Store) -> list[str]:
 async def test_a_multipart_upload_through_the_build_path_with_metadata_download_and_fetch(
         s3: S3Store, sshd: Any, host: BuildHost, nc: Any, tmp_path: Path) -> None:
     store = S3ArtifactStore(s3)
-    attempt = await make_attempt(nc, sshd, host, store)
+    attempt = await make_attempt(nc, sshd, host, store, server_name="s3-test")
     data = os.urandom(2 * PART_SIZE + 12_345)  # three parts, the last a short one
     small = os.urandom(1000)  # one PutObject
     files = [(str(server_file(sshd, f"Image-{attempt.build_id}", data)), "Image"),
@@ -178,7 +157,7 @@ async def test_a_multipart_upload_through_the_build_path_with_metadata_download_
 async def test_an_object_changed_in_the_store_fails_download_and_verification(
         s3: S3Store, sshd: Any, host: BuildHost, nc: Any) -> None:
     store = S3ArtifactStore(s3)
-    attempt = await make_attempt(nc, sshd, host, store)
+    attempt = await make_attempt(nc, sshd, host, store, server_name="s3-test")
     data = os.urandom(PART_SIZE + 99)
     files = [(str(server_file(sshd, f"Image-{attempt.build_id}", data)), "Image")]
     [info] = await attempt.upload(files, METADATA)
@@ -209,7 +188,7 @@ async def test_an_object_changed_in_the_store_fails_download_and_verification(
 
 async def test_a_file_changed_on_the_server_fails_verification(
         s3: S3Store, sshd: Any, host: BuildHost, nc: Any) -> None:
-    attempt = await make_attempt(nc, sshd, host, S3ArtifactStore(s3))
+    attempt = await make_attempt(nc, sshd, host, S3ArtifactStore(s3), server_name="s3-test")
     data = os.urandom(PART_SIZE + 7)
     path = server_file(sshd, f"Image-{attempt.build_id}", data)
     [info] = await attempt.upload([(str(path), "Image")])
@@ -293,7 +272,7 @@ async def test_a_store_that_does_not_answer_is_a_clear_error_everywhere(
                             bucket="artifacts-down", region="us-east-1",
                             access_key_id="k", secret_access_key=SecretStr(secret)))
     try:
-        attempt = await make_attempt(nc, sshd, host, S3ArtifactStore(down))
+        attempt = await make_attempt(nc, sshd, host, S3ArtifactStore(down), server_name="s3-test")
         path = server_file(sshd, f"Image-{attempt.build_id}", os.urandom(1000))
         with pytest.raises(BuildError) as failed:
             await attempt.upload([(str(path), "Image")])
