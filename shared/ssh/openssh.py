@@ -117,6 +117,8 @@ class OpenSshMaster:
         self.dir: Path | None = None
         self.process: asyncio.subprocess.Process | None = None
         self._said: asyncio.Task[None] | None = None
+        #: the ssh client found on the PATH at start
+        self._ssh = "ssh"
 
     @staticmethod
     def available(private_key: str | None) -> bool:
@@ -155,6 +157,7 @@ class OpenSshMaster:
         ssh = ssh_binary()
         if ssh is None:
             raise SshError(self.host, self.port, "no OpenSSH client (ssh) on this machine")
+        self._ssh = ssh
         sweep_stale_dirs()
         # mode 0700; the pid in the name lets a later start remove it should this
         # process be killed before it can
@@ -175,30 +178,33 @@ class OpenSshMaster:
             self.process = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE)
-            control = self.dir / "control"
-            try:
-                async with asyncio.timeout(self.connect_timeout + 5):
-                    # the socket appears once the master has logged in
-                    while not control.exists():
-                        if self.process.returncode is not None:
-                            break
-                        await asyncio.sleep(0.02)
-            except TimeoutError:
-                await self.close()
-                raise ConnectTimeout(self.host, self.port,
-                                     f"{self.connect_timeout:g}s (OpenSSH master)") from None
-            if not control.exists():
-                err = (await self.process.stderr.read()).decode(errors="replace") \
-                    if self.process.stderr else ""
-                await self.close()
-                raise _classify_stderr(self.host, self.port, self.username, err,
-                                       self.connect_timeout)
+            await self._wait_for_login()
         finally:
             os.close(key_fd)  # the master has what it needs; nothing else can read it now
             self._private_key = ""
         # what the master says later (a lost connection) goes to the log, and its pipe
         # never fills up
         self._said = asyncio.create_task(self._relay_stderr(self.process))
+
+    async def _wait_for_login(self) -> None:
+        """Until the control socket appears (the master has logged in); if the master ends
+        or time runs out first, it is closed and the reason raised, classified."""
+        assert self.process is not None and self.dir is not None
+        control = self.dir / "control"
+        try:
+            async with asyncio.timeout(self.connect_timeout + 5):
+                while not control.exists() and self.process.returncode is None:
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            await self.close()
+            raise ConnectTimeout(self.host, self.port,
+                                 f"{self.connect_timeout:g}s (OpenSSH master)") from None
+        if not control.exists():
+            err = (await self.process.stderr.read()).decode(errors="replace") \
+                if self.process.stderr else ""
+            await self.close()
+            raise _classify_stderr(self.host, self.port, self.username, err,
+                                   self.connect_timeout)
 
     async def _relay_stderr(self, process: asyncio.subprocess.Process) -> None:
         assert process.stderr is not None
@@ -210,7 +216,7 @@ class OpenSshMaster:
         """``ssh`` running ``argv`` through the master.  Should the master be gone, ssh
         would log in afresh: with no way to authenticate left (no key of ours, none of
         ``~/.ssh``'s, no password), that fails at once instead."""
-        return [ssh_binary() or "ssh", *self._options(), "-o", "ControlMaster=no",
+        return [self._ssh, *self._options(), "-o", "ControlMaster=no",
                 "-o", "PubkeyAuthentication=no", f"{self.username}@{self.host}",
                 shlex.join(argv)]
 
