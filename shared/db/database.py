@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
 from ..bus import event_headers
 from ..events.envelope import Event
+
+if TYPE_CHECKING:
+    from .outbox import Committed, OutboxRelay
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -23,11 +26,24 @@ def plain_dsn(url: str) -> str:
     return re.sub(r"^postgres(ql)?\+\w+://", "postgresql://", url)
 
 
-def notify_channel(schema: str) -> str:
-    return f"{schema}_outbox"
+#: subject, event id, headers, payload: an outbox row before it is written
+OutboxRow = tuple[str, uuid.UUID, dict[str, str], bytes]
+
+_INSERT_OUTBOX = ("INSERT INTO outbox (subject, event_id, headers, payload) "
+                  "VALUES ($1, $2, $3, $4) RETURNING id")
+# one statement for a batch's rows; ids are drawn in the order of the select (ORDER BY n),
+# so the returned ids, sorted, are the rows' in the order they were emitted
+_INSERT_OUTBOX_MANY = (
+    "INSERT INTO outbox (subject, event_id, headers, payload) "
+    "SELECT s, e, h, p FROM unnest($1::text[], $2::uuid[], $3::jsonb[], $4::bytea[]) "
+    "WITH ORDINALITY AS t(s, e, h, p, n) ORDER BY n RETURNING id")
 
 
-OutboxRow = tuple[str, object, str, bytes]
+def committed_rows(ids: list[int], rows: list[OutboxRow]) -> list[Committed]:
+    from .outbox import Committed
+
+    return [Committed(i, subject, headers, payload)
+            for i, (subject, _, headers, payload) in zip(sorted(ids), rows, strict=True)]
 
 
 @dataclass
@@ -85,23 +101,22 @@ class Transaction:
     #: the batch unit of work this transaction is part of, if any: its outbox rows and
     #: deferred writes are collected there and written at its end
     unit: BatchUnit | None = None
+    #: outbox rows this transaction wrote (outside a batch unit), with their ids
+    written: list[tuple[int, OutboxRow]] = field(default_factory=list)
 
     async def emit(self, event: Event, subject: str | None = None) -> None:
         """Queue ``event`` for publishing; it leaves only if the transaction commits."""
         subj = subject or event.subject
         if self.unit is not None:
-            self.unit.outbox.append((subj, event.event_id, json.dumps(event_headers(event)),
+            self.unit.outbox.append((subj, event.event_id, event_headers(event),
                                      event.model_dump_json().encode()))
             self.emitted.append(event)
             return
-        await self.conn.execute(
-            "INSERT INTO outbox (subject, event_id, headers, payload) VALUES ($1, $2, $3, $4)",
-            subj,
-            event.event_id,
-            json.dumps(event_headers(event)),
-            event.model_dump_json().encode(),
-        )
-        self.emitted.append(event)  # the outbox trigger notifies the relay at commit
+        row = (subj, event.event_id, event_headers(event), event.model_dump_json().encode())
+        row_id = await (await self._flushed()).fetchval(
+            _INSERT_OUTBOX, subj, event.event_id, json.dumps(row[2]), row[3])
+        self.written.append((row_id, row))
+        self.emitted.append(event)  # handed to the relay once the transaction commits
 
     async def defer(self, query: str, *args: Any) -> None:
         """A write whose result the handler does not need.
@@ -151,6 +166,20 @@ class Database:
         self.min_size = min_size
         self.max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._relay: OutboxRelay | None = None
+
+    def attach_relay(self, relay: OutboxRelay) -> None:
+        """Committed outbox rows are handed to ``relay`` from now on (see ``outbox``)."""
+        self._relay = relay
+
+    def detach_relay(self, relay: OutboxRelay) -> None:
+        if self._relay is relay:
+            self._relay = None
+
+    def _hand_over(self, rows: list[Committed]) -> None:
+        # without a relay (stopping) the rows wait in the table for a sweep
+        if rows and self._relay is not None:
+            self._relay.hand_over(rows)
 
     async def connect(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -183,18 +212,22 @@ class Database:
         ``event_ids``: the events the batch will consume, claimed together (see
         :class:`BatchUnit`).
         """
-        async with self.pool.acquire() as conn, conn.transaction():
-            unit = BatchUnit(db=self, conn=conn, event_ids=frozenset(event_ids or ()))
-            token = _batch.set(unit)
-            try:
-                yield unit
-                await unit.flush_writes()
-                if unit.outbox:
-                    await conn.executemany(
-                        "INSERT INTO outbox (subject, event_id, headers, payload) "
-                        "VALUES ($1, $2, $3, $4)", unit.outbox)
-            finally:
-                _batch.reset(token)
+        async with self.pool.acquire() as conn:
+            ids: list[int] = []
+            async with conn.transaction():
+                unit = BatchUnit(db=self, conn=conn, event_ids=frozenset(event_ids or ()))
+                token = _batch.set(unit)
+                try:
+                    yield unit
+                    await unit.flush_writes()
+                    if unit.outbox:
+                        columns = list(zip(*unit.outbox, strict=True))
+                        ids = [r[0] for r in await conn.fetch(
+                            _INSERT_OUTBOX_MANY, columns[0], columns[1],
+                            [json.dumps(h) for h in columns[2]], columns[3])]
+                finally:
+                    _batch.reset(token)
+            self._hand_over(committed_rows(ids, unit.outbox))
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
@@ -202,8 +235,11 @@ class Database:
         if unit is not None:
             yield Transaction(conn=unit.conn, schema=self.schema, unit=unit)
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield Transaction(conn=conn, schema=self.schema)
+        async with self.pool.acquire() as conn:
+            tx = Transaction(conn=conn, schema=self.schema)
+            async with conn.transaction():
+                yield tx
+            self._hand_over_written(tx)
 
     @asynccontextmanager
     async def consume(self, consumer: str, event: Event) -> AsyncIterator[Transaction | None]:
@@ -218,9 +254,17 @@ class Database:
             yield Transaction(conn=unit.conn, schema=self.schema,
                               unit=unit) if inserted else None
             return
-        async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchval(_MARK_PROCESSED, consumer, event.event_id)
-            yield Transaction(conn=conn, schema=self.schema) if inserted else None
+        async with self.pool.acquire() as conn:
+            tx = Transaction(conn=conn, schema=self.schema)
+            async with conn.transaction():
+                inserted = await conn.fetchval(_MARK_PROCESSED, consumer, event.event_id)
+                yield tx if inserted else None
+            self._hand_over_written(tx)
+
+    def _hand_over_written(self, tx: Transaction) -> None:
+        if tx.written:
+            self._hand_over(committed_rows([i for i, _ in tx.written],
+                                           [row for _, row in tx.written]))
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         return await self.pool.fetch(query, *args)

@@ -1,10 +1,21 @@
 """Publishes what transactions wrote to the outbox, in order, at least once.
 
-A crash after commit and before publish leaves the rows in place; the next relay (this
-process restarted, or another replica) publishes them.  A crash after publish and before
-delete publishes again with the same ``Nats-Msg-Id``, which JetStream drops as a duplicate.
-Rows are claimed with ``FOR UPDATE SKIP LOCKED`` so replicas never publish the same batch
-concurrently.
+Two paths, one table:
+
+* **Handed over** (the usual one): a :class:`~.database.Database` whose relay is
+  attached gives the relay the rows of each transaction right after it commits
+  (``hand_over``).  The relay publishes them from memory at once, in commit order, and
+  deletes their rows once JetStream has acknowledged them.  No query stands between a
+  commit and its publish: the relay does not read back what its own process just wrote.
+* **Swept**: rows that stay in the table past ``grace_s`` — the process crashed between
+  commit and delete, a publish failed (NATS away), or another replica of the service
+  died with rows in hand — are claimed with ``FOR UPDATE SKIP LOCKED``, published and
+  deleted by whichever replica's sweep gets there first (every ``poll_s``; at start, at
+  once).
+
+A row published twice (handed over and later swept, or a crash between publish and
+delete) carries the same ``Nats-Msg-Id`` both times, and JetStream stores it once (within
+the stream's duplicate window, which is far longer than ``grace_s``).
 """
 from __future__ import annotations
 
@@ -12,87 +23,191 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
-from .database import Database, notify_channel
+from .database import Database
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One committed outbox row, as the transaction that wrote it knows it."""
+
+    id: int
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+
+
 class OutboxRelay:
     def __init__(self, db: Database, js: Any, *, batch: int = 500, poll_s: float = 1.0,
-                 ack_timeout_s: float = 10.0) -> None:
+                 grace_s: float = 5.0, ack_timeout_s: float = 10.0) -> None:
         self.db = db
         self.js = js
         self.batch = batch
         self.poll_s = poll_s
+        self.grace_s = grace_s
         self.ack_timeout_s = ack_timeout_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._listen_conn: asyncpg.Connection | None = None
+        self._queue: deque[Committed] = deque()
+        self._ready = asyncio.Event()
+        self._to_delete: list[int] = []
+        self._delete_ready = asyncio.Event()
+        self._deleting = asyncio.Lock()
+        self._acks: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
+        #: rows published by the sweep (left behind, not handed over)
+        self.swept = 0
 
     async def start(self) -> None:
-        self._listen_conn = await asyncpg.connect(self.db.url)
-        await self._listen_conn.add_listener(notify_channel(self.db.schema), self._on_notify)
-        self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.db.schema}")
+        self.db.attach_relay(self)
+        name = self.db.schema
+        self._tasks = [
+            asyncio.create_task(self._publish_loop(), name=f"outbox-publish-{name}"),
+            asyncio.create_task(self._delete_loop(), name=f"outbox-delete-{name}"),
+            asyncio.create_task(self._sweep_loop(), name=f"outbox-sweep-{name}"),
+        ]
 
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
+    async def stop(self, drain_s: float = 5.0) -> None:
+        """Publish what was handed over (for up to ``drain_s``), delete it, then stop.
 
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._listen_conn:
-            await self._listen_conn.close()
+        What cannot go out in that time stays in the table for the next sweep.
+        """
+        self.db.detach_relay(self)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_s):
+                while self._queue or self._acks:
+                    await asyncio.sleep(0.01)
+                with contextlib.suppress(Exception):
+                    await self._delete_published()
+        for task in [*self._tasks, *self._acks]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._acks, return_exceptions=True)
+        self._tasks = []
 
-    async def _run(self) -> None:
+    # ---- handed over --------------------------------------------------------------
+
+    def hand_over(self, rows: Sequence[Committed]) -> None:
+        """Rows of a transaction that has just committed, in the order it wrote them."""
+        self._queue.extend(rows)
+        self._ready.set()
+
+    async def _publish_loop(self) -> None:
         while True:
-            # cleared before the flush, not after: a commit notified while the flush runs
-            # (its row not in the flush's snapshot) must wake the next one at once
-            self._wake.clear()
+            await self._ready.wait()
+            self._ready.clear()
+            while self._queue:
+                rows = [self._queue.popleft() for _ in range(min(len(self._queue), self.batch))]
+                try:
+                    acks = await self._publish(rows)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the rows stay for the sweep
+                    log.warning("outbox publish failed; the sweep retries it",
+                                extra={"rows": len(rows), "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                # the next rows go out while these acknowledgements are awaited: publishes
+                # of one connection are stored in the order they were sent
+                task = asyncio.create_task(self._confirm(rows, acks))
+                self._acks.add(task)
+                task.add_done_callback(self._acks.discard)
+
+    async def _publish(self, rows: Sequence[Committed]) -> list[asyncio.Future[Any]]:
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for r in rows:
+                acks.append(await self.js.publish_async(r.subject, r.payload, headers=r.headers))
+        except BaseException:
+            for ack in acks:
+                ack.cancel()
+            raise
+        return acks
+
+    async def _confirm(self, rows: Sequence[Committed], acks: list[asyncio.Future[Any]]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.gather(*acks), timeout=self.ack_timeout_s)
+        except asyncio.CancelledError:
+            for ack in acks:
+                ack.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - unacknowledged rows stay for the sweep
+            for ack in acks:
+                ack.cancel()
+            log.warning("outbox publish not acknowledged; the sweep retries it",
+                        extra={"rows": len(rows), "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.published += len(rows)
+        self._to_delete.extend(r.id for r in rows)
+        self._delete_ready.set()
+
+    async def _delete_loop(self) -> None:
+        """Delete acknowledged rows, many per statement, off the publishing path."""
+        while True:
+            await self._delete_ready.wait()
+            self._delete_ready.clear()
             try:
-                sent = await self.flush()
+                await self._delete_published()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - kept for the next round
+                log.exception("deleting published outbox rows failed; retrying")
+                await asyncio.sleep(1.0)
+                self._delete_ready.set()
+
+    async def _delete_published(self) -> None:
+        async with self._deleting:  # stop() waits for a delete under way, then does the rest
+            ids, self._to_delete = self._to_delete, []
+            if not ids:
+                return
+            try:
+                await self.db.pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])",
+                                           ids)
+            except BaseException:
+                self._to_delete[:0] = ids
+                raise
+
+    # ---- swept --------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                sent = await self.sweep()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("outbox relay failed; retrying")
-                await asyncio.sleep(1.0)
-                continue
-            if sent >= self.batch:
-                continue  # more waiting
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+                log.exception("outbox sweep failed; retrying")
+                sent = 0
+            if sent < self.batch:
+                await asyncio.sleep(self.poll_s)
 
-    async def flush(self) -> int:
-        """Publish one batch; returns how many rows went out."""
+    async def sweep(self, older_than_s: float | None = None) -> int:
+        """Publish one batch of rows left in the table; returns how many went out."""
+        grace = self.grace_s if older_than_s is None else older_than_s
         async with self.db.pool.acquire() as conn, conn.transaction():
             # claim and delete in one statement; a failed publish rolls the delete back
             rows = await conn.fetch(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id "
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
+                "WHERE created_at <= now() - make_interval(secs => $2) ORDER BY id "
                 "LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, subject, headers, payload",
-                self.batch,
+                self.batch, grace,
             )
             if not rows:
                 return 0
             rows = sorted(rows, key=lambda r: r["id"])  # RETURNING order is not guaranteed
-            # publishes of one batch go out together, in order (JetStream keeps a single
-            # connection's order, and the ids are the dedupe keys), their acknowledgements
-            # awaited together: one reply subscription and one deadline for the batch, not
-            # a request with a timer of its own per row
-            acks: list[asyncio.Future[Any]] = []
+            acks = await self._publish([
+                Committed(r["id"], r["subject"], json.loads(r["headers"]), bytes(r["payload"]))
+                for r in rows])
             try:
-                for r in rows:
-                    acks.append(await self.js.publish_async(
-                        r["subject"], bytes(r["payload"]), headers=json.loads(r["headers"])))
                 await asyncio.wait_for(asyncio.gather(*acks), timeout=self.ack_timeout_s)
             except BaseException:
                 for ack in acks:  # unanswered: released, the rows stay (rolled back)
                     ack.cancel()
                 raise
-            self.published += len(rows)
-            return len(rows)
+        self.published += len(rows)
+        self.swept += len(rows)
+        log.info("outbox rows left behind were published", extra={"rows": len(rows)})
+        return len(rows)

@@ -24,19 +24,14 @@ CREATE TABLE processed_events (
 CREATE INDEX processed_events_age ON processed_events (processed_at);
 """
 
-# The relay listens on "<schema>_outbox"; a statement-level trigger wakes it, so a handler
-# spends no extra round trip on pg_notify.
-NOTIFY_FUNCTION = """
-CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify(TG_TABLE_SCHEMA || '_outbox', '');
-    RETURN NULL;
-END $$
+# Until revision "outbox handed over" of each service, a statement trigger NOTIFYed the
+# relay at each commit and the relay read the rows back; the relay now gets a committed
+# transaction's rows from the process that wrote them (see ``outbox``), and the trigger
+# only cost each commit a NOTIFY (which PostgreSQL serialises across sessions).
+DROP_NOTIFY = """
+DROP TRIGGER IF EXISTS outbox_notify ON outbox;
+DROP FUNCTION IF EXISTS outbox_notify();
 """
-NOTIFY_TRIGGER = (
-    "CREATE TRIGGER outbox_notify AFTER INSERT ON outbox "
-    "FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify()"
-)
 
 
 def run_sql(script: str) -> None:
@@ -61,9 +56,13 @@ def run_sql(script: str) -> None:
 
 def create_outbox_tables() -> None:
     run_sql(OUTBOX_DDL)
-    op.execute(NOTIFY_FUNCTION)
-    op.execute(NOTIFY_TRIGGER)
+
+
+def drop_outbox_notify() -> None:
+    """For schemas created when the outbox still had its NOTIFY trigger."""
+    run_sql(DROP_NOTIFY)
 
 
 def drop_outbox_tables() -> None:
-    run_sql("DROP TABLE processed_events;\nDROP TABLE outbox;\nDROP FUNCTION outbox_notify();")
+    run_sql("DROP TABLE processed_events;\nDROP TABLE outbox;\n"
+            "DROP FUNCTION IF EXISTS outbox_notify();")

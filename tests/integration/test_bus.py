@@ -86,7 +86,7 @@ async def test_outbox_publishes_once_and_redelivery_has_no_second_effect(setting
         assert h.deliveries[str(ping.event_id)] == 2  # stored twice, handled (effect) once
         assert h.service.db is not None
         assert await h.service.db.fetchval("SELECT count(*) FROM handled") == 1
-        assert await h.service.db.fetchval("SELECT count(*) FROM outbox") == 0
+        assert await outbox_rows(h.service, 0) == 0
     finally:
         await nc.close()
         await h.service.stop()
@@ -173,7 +173,7 @@ async def test_batch_unit_of_work_commits_together_and_falls_back_on_failure(set
             flaky.event_id) == 1
         # called twice: in the batch (raised, rolled back), then alone (succeeded)
         assert h.deliveries[str(flaky.event_id)] == 2
-        assert await db.fetchval("SELECT count(*) FROM outbox") == 0
+        assert await outbox_rows(h.service, 0) == 0
         await h.service.stop()
     finally:
         await nc.close()
@@ -241,29 +241,94 @@ class SlowPublishes:
         return await self.js.publish_async(*args, **kwargs)
 
 
-async def test_a_commit_notified_during_a_flush_goes_out_without_waiting_for_the_poll(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
+class FlakyPublishes(SlowPublishes):
+    """The real JetStream context whose first ``fail`` publishes fail (NATS away)."""
+
+    def __init__(self, js, fail: int) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(js, 0.0)
+        self.fail = fail
+
+    async def publish_async(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.fail > 0:
+            self.fail -= 1
+            raise ConnectionError("induced: the server is away")
+        return await super().publish_async(*args, **kwargs)
+
+
+async def replace_relay(svc: Service, js, **kwargs):  # type: ignore[no-untyped-def]
     from labfleet.shared.db import OutboxRelay
 
+    assert svc.db is not None and svc.relay is not None
+    await svc.relay.stop()
+    svc.relay = OutboxRelay(svc.db, js, **kwargs)
+    await svc.relay.start()
+    return svc.relay
+
+
+async def outbox_rows(svc: Service, want: int, timeout: float = 10.0) -> int:
+    """The outbox's row count once it is ``want`` (deletes follow acks), or at the deadline."""
+    assert svc.db is not None
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        n = int(await svc.db.fetchval("SELECT count(*) FROM outbox"))
+        if n == want or asyncio.get_running_loop().time() > deadline:
+            return n
+        await asyncio.sleep(0.05)
+
+
+async def test_committed_rows_go_out_at_once_in_commit_order_without_a_poll(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
     h = await start_harness(settings_factory(), unique)
     db, svc = h.service.db, h.service
-    assert db is not None and svc.relay is not None
-    await svc.relay.stop()
-    svc.relay = OutboxRelay(db, SlowPublishes(svc.bus.js, 0.5), poll_s=60)
-    await svc.relay.start()
+    assert db is not None
+    relay = await replace_relay(svc, SlowPublishes(svc.bus.js, 0.5), poll_s=60, grace_s=60)
     nc = await nats.connect(nats_url)
     try:
-        got = asyncio.create_task(collect(nc, h.pong_subject, 2, timeout=20))
+        got = asyncio.create_task(collect(nc, h.pong_subject, 3, timeout=20))
         await asyncio.sleep(0.3)  # the ordered consumer is listening
         async with db.transaction() as tx:
             await tx.emit(BenchPong(seq=1, ping_id="a"), subject=h.pong_subject)
-        await asyncio.sleep(0.2)  # the relay is inside its flush, publishing the first
+        await asyncio.sleep(0.2)  # the relay is publishing the first, held back
         async with db.transaction() as tx:
             await tx.emit(BenchPong(seq=2, ping_id="b"), subject=h.pong_subject)
+            await tx.emit(BenchPong(seq=3, ping_id="c"), subject=h.pong_subject)
+        with pytest.raises(RuntimeError, match="induced rollback"):
+            async with db.transaction() as tx:  # rolled back: never handed over
+                await tx.emit(BenchPong(seq=99, ping_id="z"), subject=h.pong_subject)
+                raise RuntimeError("induced rollback")
         started = asyncio.get_running_loop().time()
         pongs = await got
         took = asyncio.get_running_loop().time() - started
-        assert [BenchPong.model_validate_json(p).seq for p in pongs] == [1, 2]
-        assert took < 10, f"the second row waited {took:.1f} s for the relay's poll"
+        assert [BenchPong.model_validate_json(p).seq for p in pongs] == [1, 2, 3]
+        assert took < 10, f"the rows waited {took:.1f} s (the sweep polls every 60 s)"
+        assert relay.swept == 0 and relay.published == 3
+        assert await outbox_rows(svc, 0) == 0  # acknowledged rows are deleted
+    finally:
+        await nc.close()
+        await svc.stop()
+
+
+async def test_rows_a_publish_or_a_crash_left_behind_are_swept(settings_factory, unique, nats_url):  # type: ignore[no-untyped-def]
+    h = await start_harness(settings_factory(), unique)
+    db, svc = h.service.db, h.service
+    assert db is not None and svc.relay is not None
+    nc = await nats.connect(nats_url)
+    try:
+        got = asyncio.create_task(collect(nc, h.pong_subject, 2, timeout=20))
+        await asyncio.sleep(0.3)
+        # a crash between commit and publish: the row is committed, no relay took it
+        await svc.relay.stop()
+        async with db.transaction() as tx:
+            await tx.emit(BenchPong(seq=1, ping_id="crash"), subject=h.pong_subject)
+        assert await outbox_rows(svc, 1, timeout=0) == 1
+        # the next publish fails (NATS away): its row stays too
+        relay = await replace_relay(svc, FlakyPublishes(svc.bus.js, fail=1), poll_s=0.2,
+                                    grace_s=1.0)
+        async with db.transaction() as tx:
+            await tx.emit(BenchPong(seq=2, ping_id="failed"), subject=h.pong_subject)
+        pongs = await got
+        assert sorted(BenchPong.model_validate_json(p).seq for p in pongs) == [1, 2]
+        assert await outbox_rows(svc, 0) == 0
+        assert relay.swept == 2, "both rows came from the sweep, after its grace"
     finally:
         await nc.close()
         await svc.stop()
