@@ -75,10 +75,13 @@ async def offer(nc, subject: str, rate: float, seconds: float, inflight: asyncio
     return n
 
 
-async def collect_latencies(nc, subject: str, expected_getter, latencies: list[float], done: asyncio.Event) -> object:  # type: ignore[no-untyped-def]
+async def collect_latencies(nc, subject: str, expected_getter, latencies: list[float], done: asyncio.Event,  # type: ignore[no-untyped-def]
+                            to_handler: list[float]) -> object:
     async def cb(msg) -> None:  # type: ignore[no-untyped-def]
         pong = json.loads(msg.data)
         latencies.append((time.perf_counter_ns() - pong["sent_ns"]) / 1e6)
+        if pong.get("handled_ns"):
+            to_handler.append((pong["handled_ns"] - pong["sent_ns"]) / 1e6)
         if len(latencies) >= expected_getter():
             done.set()
 
@@ -114,7 +117,8 @@ async def serve_labfleet(token: str, nats_url: str, db_url: str) -> None:
             await tx.defer("INSERT INTO handled (event_id, seq) VALUES ($1, $2)",
                            event.event_id, event.seq)
             await tx.emit(BenchPong(seq=event.seq, sent_ns=event.sent_ns,
-                                    ping_id=str(event.event_id)),
+                                    ping_id=str(event.event_id),
+                                    handled_ns=time.perf_counter_ns()),
                           subject=f"bench.pong{token}")
 
     await svc.run(ready=lambda: print("ready", flush=True))
@@ -153,9 +157,11 @@ async def measure(role: str, nats_url: str, db_url: str, rate: float, seconds: f
         await asyncio.to_thread(wait_ready, consumer)
         nc = await nats.connect(nats_url)
         latencies: list[float] = []
+        to_handler: list[float] = []
         done = asyncio.Event()
         sent = {"n": 10**12}
-        sub = await collect_latencies(nc, f"bench.pong{token}", lambda: sent["n"], latencies, done)
+        sub = await collect_latencies(nc, f"bench.pong{token}", lambda: sent["n"], latencies, done,
+                                      to_handler)
         t0 = time.perf_counter()
         sent["n"] = await offer(nc, f"bench.ping{token}", rate, seconds, asyncio.Semaphore(4096))
         if len(latencies) >= sent["n"]:
@@ -174,8 +180,12 @@ async def measure(role: str, nats_url: str, db_url: str, rate: float, seconds: f
         except subprocess.TimeoutExpired:
             consumer.kill()
     handled = len(latencies)
-    return {"sent": sent["n"], "handled": handled, "events_per_s": handled / elapsed,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+    out = {"sent": sent["n"], "handled": handled, "events_per_s": handled / elapsed,
+           "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+    if to_handler:  # the labfleet path says when its handler began
+        out["to_handler_p50_ms"] = percentile(to_handler, 50)
+        out["to_handler_p99_ms"] = percentile(to_handler, 99)
+    return out
 
 
 async def main() -> None:

@@ -45,13 +45,15 @@ class Committed:
 
 class OutboxRelay:
     def __init__(self, db: Database, js: Any, *, batch: int = 500, poll_s: float = 1.0,
-                 grace_s: float = 5.0, ack_timeout_s: float = 10.0) -> None:
+                 grace_s: float = 5.0, ack_timeout_s: float = 10.0,
+                 delete_every_s: float = 0.1) -> None:
         self.db = db
         self.js = js
         self.batch = batch
         self.poll_s = poll_s
         self.grace_s = grace_s
         self.ack_timeout_s = ack_timeout_s
+        self.delete_every_s = delete_every_s
         self._queue: deque[Committed] = deque()
         self._ready = asyncio.Event()
         self._to_delete: list[int] = []
@@ -145,10 +147,17 @@ class OutboxRelay:
         self._delete_ready.set()
 
     async def _delete_loop(self) -> None:
-        """Delete acknowledged rows, many per statement, off the publishing path."""
+        """Delete acknowledged rows, many per statement, off the publishing path.
+
+        A delete waits ``delete_every_s`` for more acknowledgements to join it (under load
+        a statement per acknowledged batch cost the database as much as the batches' own
+        commits), unless a whole ``batch`` of rows is already waiting.
+        """
         while True:
             await self._delete_ready.wait()
             self._delete_ready.clear()
+            if len(self._to_delete) < self.batch:
+                await asyncio.sleep(self.delete_every_s)
             try:
                 await self._delete_published()
             except asyncio.CancelledError:

@@ -19,3 +19,5 @@ class BenchPong(Event):
     seq: int = 0
     sent_ns: int = 0
     ping_id: str = ""
+    #: when the handler began (``perf_counter_ns``, same machine): splits the latency
+    handled_ns: int = 0
