@@ -5,7 +5,8 @@
   event to the outbox in the same transaction, so the write and the publish are atomic.
 * ``async with db.consume(consumer, event) as tx`` — like ``transaction`` but yields
   ``None`` when this consumer already handled ``event.event_id`` (redelivery).
-* :class:`OutboxRelay` — publishes committed outbox rows to JetStream (woken by NOTIFY).
+* :class:`OutboxRelay` — publishes committed outbox rows to JetStream (handed over in
+  memory at commit; rows left behind by a crash or a failed publish are swept).
 * :func:`migrate` — runs the service's Alembic migrations into its schema.
 """
 from .database import Database, Transaction
