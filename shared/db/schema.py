@@ -59,8 +59,14 @@ def create_outbox_tables() -> None:
 
 
 def drop_outbox_notify() -> None:
-    """For schemas created when the outbox still had its NOTIFY trigger."""
+    """For schemas created when the outbox still had its NOTIFY trigger (each service's
+    ``*_outbox_handed_over`` revision upgrades with this)."""
     run_sql(DROP_NOTIFY)
+
+
+def keep_schema() -> None:
+    """A downgrade that changes nothing (the NOTIFY trigger is not put back: the relay no
+    longer listens, it would only slow commits down)."""
 
 
 def drop_outbox_tables() -> None:

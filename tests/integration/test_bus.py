@@ -332,3 +332,36 @@ async def test_rows_a_publish_or_a_crash_left_behind_are_swept(settings_factory,
     finally:
         await nc.close()
         await svc.stop()
+
+
+async def test_an_outbox_made_with_the_notify_trigger_loses_it_on_upgrade(database_url, unique):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    from labfleet.shared.db import migrate
+    from labfleet.shared.db.database import plain_dsn
+
+    versions = Path(__file__).resolve().parents[2] / "services" / "monitor" / "migrations"
+    schema = f"mon_{unique}"
+    await migrate(database_url, schema, versions, revision="0001")
+    conn = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        # as revision 0001 made it before the relay was handed rows in memory
+        await conn.execute(f"""
+            CREATE FUNCTION {schema}.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_notify(TG_TABLE_SCHEMA || '_outbox', ''); RETURN NULL; END $$""")
+        await conn.execute(f"CREATE TRIGGER outbox_notify AFTER INSERT ON {schema}.outbox "
+                           f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.outbox_notify()")
+        triggers = ("SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = $1 AND t.tgname = 'outbox_notify'")
+        assert await conn.fetchval(triggers, schema) == 1
+        await migrate(database_url, schema, versions)
+        assert await conn.fetchval(triggers, schema) == 0
+        assert await conn.fetchval(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = $1 AND p.proname = 'outbox_notify'", schema) == 0
+        head = max(f.name[:4] for f in versions.glob("0*.py"))
+        assert await conn.fetchval(f"SELECT version_num FROM {schema}.alembic_version") == head
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()

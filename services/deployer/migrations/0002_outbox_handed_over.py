@@ -1,15 +1,5 @@
 """The outbox loses its NOTIFY trigger: committed rows are handed to the relay in memory."""
-from labfleet.shared.db.schema import drop_outbox_notify
+from labfleet.shared.db import schema
 
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    drop_outbox_notify()
-
-
-def downgrade() -> None:
-    pass  # the relay no longer listens; a trigger would only slow commits down
+revision, down_revision = "0002", "0001"
+upgrade, downgrade = schema.drop_outbox_notify, schema.keep_schema
