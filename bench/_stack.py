@@ -10,8 +10,12 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def real_stack() -> Iterator[tuple[str, str]]:
-    """Yield (nats_url, database_url); start embedded servers for what the env lacks."""
+def real_stack(*, nats_sync_always: bool = True) -> Iterator[tuple[str, str]]:
+    """Yield (nats_url, database_url); start embedded servers for what the env lacks.
+
+    ``nats_sync_always``: the embedded NATS fsyncs every JetStream write, as ``labfleet
+    up``'s does; False leaves NATS's default (the compose cluster's).
+    """
     nats_url = os.environ.get("LABFLEET_NATS_URL")
     db_url = os.environ.get("LABFLEET_DATABASE_URL")
     stops = []
@@ -20,7 +24,7 @@ def real_stack() -> Iterator[tuple[str, str]]:
         if not nats_url:
             from labfleet.embedded import start_nats
 
-            n = start_nats(tmp / "nats")
+            n = start_nats(tmp / "nats", sync_always=nats_sync_always)
             stops.append(n.stop)
             nats_url = n.url
         if not db_url:

@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -230,6 +231,10 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128,
                     help="the consumer's fetch batch (larger: more throughput, more latency)")
+    ap.add_argument("--nats-sync-always", action="store_true",
+                    help="without LABFLEET_NATS_URL: start the embedded NATS as `labfleet up` "
+                         "does, every JetStream write synced (then the disk sets the rate "
+                         "for both paths)")
     ap.add_argument("--role", choices=["labfleet", "baseline"], help=argparse.SUPPRESS)
     ap.add_argument("--token", help=argparse.SUPPRESS)
     ap.add_argument("--nats-url", help=argparse.SUPPRESS)
@@ -246,7 +251,13 @@ async def main() -> None:
         return
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("faststream").setLevel(logging.WARNING)
-    with real_stack() as (nats_url, db_url):
+    if os.environ.get("LABFLEET_NATS_URL"):
+        nats_used = "LABFLEET_NATS_URL"
+    else:
+        nats_used = "embedded, " + ("every write synced" if args.nats_sync_always
+                                    else "NATS's default sync")
+    print(f"NATS: {nats_used}", file=sys.stderr)
+    with real_stack(nats_sync_always=args.nats_sync_always) as (nats_url, db_url):
         ours: list[dict[str, float]] = []
         base: list[dict[str, float]] = []
         for r in range(args.rounds):
@@ -265,6 +276,7 @@ async def main() -> None:
         "warmup_p99_ms": round(median([o.get("warmup_p99_ms", float("nan")) for o in ours]), 2),
         "to_handler_p99_ms": round(median([o["to_handler_p99_ms"] for o in ours]), 2),
         "offered_per_s": args.rate,
+        "nats": nats_used,
         "warmup_s": args.warmup,
         "batch": args.batch,
         "seconds": args.seconds,

@@ -66,7 +66,14 @@ def stop_orphan(pid_file: Path, conf: Path, timeout: float = 10.0) -> int | None
     return pid
 
 
-def start_nats(data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1") -> EmbeddedNats:
+def start_nats(data_dir: Path, *, port: int | None = None, host: str = "127.0.0.1",
+               sync_always: bool = True) -> EmbeddedNats:
+    """Start (or take over from a dead supervisor) the server keeping its data in ``data_dir``.
+
+    ``sync_always=False`` leaves JetStream's own default (a sync every two minutes, as the
+    replicated cluster of ``docker-compose.yml`` runs), for measuring the bus apart from
+    the disk.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     store = data_dir / "jetstream"
     store.mkdir(exist_ok=True)
@@ -74,13 +81,14 @@ def start_nats(data_dir: Path, *, port: int | None = None, host: str = "127.0.0.
     conf = data_dir / "nats.conf"
     pid_file = data_dir / "nats.pid"
     stop_orphan(pid_file, conf)
+    sync = "  sync_interval: always\n" if sync_always else ""
     conf.write_text(
         f'listen: "{host}:{port}"\n'
         f'pid_file: "{pid_file}"\n'
         "max_payload: 8MB\n"
         "jetstream {\n"
         f'  store_dir: "{store}"\n'
-        "  sync_interval: always\n"
+        f"{sync}"
         "}\n"
     )
     log_path = data_dir / "nats.log"

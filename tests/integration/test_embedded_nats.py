@@ -39,3 +39,20 @@ def test_a_pid_file_naming_another_program_is_left_alone(tmp_path: Path) -> None
     pid_file.write_text(str(os.getpid()))  # reused by a program that is no nats-server
     assert stop_orphan(pid_file, tmp_path / "nats.conf") is None
     assert stop_orphan(tmp_path / "missing.pid", tmp_path / "nats.conf") is None
+
+
+@pytest.mark.parametrize("sync_always", [True, False])
+async def test_every_write_is_synced_unless_a_benchmark_asks_for_natss_default(
+        tmp_path: Path, sync_always: bool) -> None:
+    server = start_nats(tmp_path / "nats", sync_always=sync_always)
+    try:
+        conf = (tmp_path / "nats" / "nats.conf").read_text()
+        assert ("sync_interval: always" in conf) is sync_always
+        nc = await nats.connect(server.url)
+        js = nc.jetstream()
+        await js.add_stream(name="SYNCED", subjects=["synced.>"])
+        ack = await js.publish("synced.one", b"stored")
+        assert ack.seq == 1  # JetStream runs and stores with either setting
+        await nc.close()
+    finally:
+        server.stop()
