@@ -78,8 +78,27 @@ def _apply(h: HostState, fault: str, paths: LabPaths) -> None:
                             paths.host_dir(h.name) / "logs" / "cpu-burn.log")
                 for _ in range(os.cpu_count() or 2)]
     elif fault == "hang":
-        for pid in netns.netns_pids(h.netns):
-            os.kill(pid, signal.SIGSTOP)
+        _signal_host(h, signal.SIGSTOP)
+
+
+def _signal_host(h: HostState, sig: signal.Signals) -> None:
+    """Send ``sig`` to every process of the host's namespace.
+
+    A process listed that has exited meanwhile (an SSH session ending, a busy loop just
+    stopped) is skipped; one started meanwhile (forked by one not yet signalled) is found
+    by listing again, until a listing brings nothing new.
+    """
+    done: set[int] = set()
+    for _ in range(10):
+        fresh = [pid for pid in netns.netns_pids(h.netns) if pid not in done]
+        if not fresh:
+            return
+        for pid in fresh:
+            done.add(pid)
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
 
 def clear(lab: LabState, h: HostState, fault: str, paths: LabPaths) -> None:
@@ -96,8 +115,7 @@ def clear(lab: LabState, h: HostState, fault: str, paths: LabPaths) -> None:
         for pid in h.extra.pop("burn", []):
             procs.stop(pid)
     elif fault == "hang":
-        for pid in netns.netns_pids(h.netns):
-            os.kill(pid, signal.SIGCONT)
+        _signal_host(h, signal.SIGCONT)
     if fault in h.faults:
         h.faults.remove(fault)
 
