@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,14 @@ def lab_images(lab_paths):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def lab(lab_paths) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """The lab's status (2 build servers, 2 QEMU hosts, 3 boards), up for the session."""
+def lab(lab_paths) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The lab's status (2 build servers, 2 QEMU hosts, 3 boards), up for the session.
+
+    Taken down when the session ends (``test_zz_down_leaves_nothing`` does it first and
+    checks what is left; this is for a session that runs only some of the lab tests): a
+    lab left up would be taken over by the next session, perhaps from another checkout,
+    with its daemons running that checkout's code.
+    """
     import time
 
     from labfleet.lab import lab as labmod
@@ -79,4 +85,5 @@ def lab(lab_paths) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     labmod.up(labmod.LabSpec(build_servers=2, qemu_hosts=2, boards=3), lab_paths,
               say=lambda m: print(f"[lab] {m}"))
     print(f"\n[labfleet tests] lab up in {time.monotonic() - started:.1f} s at {lab_paths.lab_dir}")
-    return labmod.status(lab_paths)
+    yield labmod.status(lab_paths)
+    labmod.down(lab_paths, say=lambda m: print(f"[lab] {m}"))
