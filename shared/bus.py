@@ -255,6 +255,10 @@ class Bus:
         await self.broker.connect()
         await ensure_streams(self.js, self.settings.stream_replicas)
         await self.broker.start()
+        # a round trip to the server: every SUB sent before it has been processed, so a
+        # request sent once the service says it has started finds its command handlers
+        # (without it, a request from another connection could beat the SUB: no responders)
+        await self.nc.flush(timeout=10)
 
     async def stop(self) -> None:
         await self.broker.stop()
