@@ -16,7 +16,7 @@ from ..bus import event_headers
 from ..events.envelope import Event
 
 if TYPE_CHECKING:
-    from .outbox import Committed, OutboxRelay
+    from .outbox import OutboxRelay
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -39,9 +39,17 @@ _INSERT_OUTBOX_MANY = (
     "WITH ORDINALITY AS t(s, e, h, p, n) ORDER BY n RETURNING id")
 
 
-def committed_rows(ids: list[int], rows: list[OutboxRow]) -> list[Committed]:
-    from .outbox import Committed
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One committed outbox row, as the transaction that wrote it knows it."""
 
+    id: int
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+
+
+def committed_rows(ids: list[int], rows: list[OutboxRow]) -> list[Committed]:
     return [Committed(i, subject, headers, payload)
             for i, (subject, _, headers, payload) in zip(sorted(ids), rows, strict=True)]
 

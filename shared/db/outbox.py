@@ -25,22 +25,11 @@ import json
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from .database import Database
+from .database import Committed, Database
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Committed:
-    """One committed outbox row, as the transaction that wrote it knows it."""
-
-    id: int
-    subject: str
-    headers: dict[str, str]
-    payload: bytes
 
 
 class OutboxRelay:
