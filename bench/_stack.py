@@ -52,3 +52,61 @@ def percentile(values: list[float], p: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+class CpuMeter:
+    """CPU seconds spent on this machine between :meth:`start` and :meth:`stop`: in all
+    (``/proc/stat``, every process and the kernel's own work) and per program name (each
+    process's own time plus that of the children it has reaped, from ``/proc/<pid>/stat``).
+
+    Where every part of a transfer runs on the same cores, ``cpu_s / cores`` is the least
+    wall time the transfer can take, whatever overlaps with what."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self) -> None:
+        self._busy0 = 0.0
+        self._procs0: dict[int, tuple[str, float]] = {}
+        self.cpu_s = 0.0
+        self.by_program: dict[str, float] = {}
+
+    @classmethod
+    def busy(cls) -> float:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal (guest is already in user)
+        return (sum(fields[:8]) - fields[3] - fields[4]) / cls.TICK
+
+    @classmethod
+    def processes(cls) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    raw = f.read()
+            except OSError:
+                continue  # gone meanwhile
+            comm = raw[raw.index("(") + 1:raw.rindex(")")]
+            rest = raw[raw.rindex(")") + 2:].split()
+            # utime stime cutime cstime: fields 14-17, 12-15 after the comm
+            out[int(entry.name)] = (comm, sum(int(x) for x in rest[11:15]) / cls.TICK)
+        return out
+
+    def start(self) -> CpuMeter:
+        self._procs0 = self.processes()
+        self._busy0 = self.busy()
+        return self
+
+    def stop(self) -> CpuMeter:
+        self.cpu_s = self.busy() - self._busy0
+        by: dict[str, float] = {}
+        for pid, (comm, t) in self.processes().items():
+            before = self._procs0.get(pid)
+            spent = t - (before[1] if before and before[0] == comm else 0.0)
+            if spent > 0:
+                by[comm] = by.get(comm, 0.0) + spent
+        self.by_program = {k: round(v, 3) for k, v in
+                           sorted(by.items(), key=lambda kv: -kv[1]) if v >= 0.02}
+        return self

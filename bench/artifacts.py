@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._stack import median, real_stack  # noqa: E402
+from bench._stack import CpuMeter, median, real_stack  # noqa: E402
 
 MB = 1_000_000
 
@@ -316,11 +316,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             rounds: list[dict[str, Any]] = []
             for n in range(1, args.rounds + 1):
                 row: dict[str, Any] = {"round": n, "load_avg_before": loadavg()}
+                meter = CpuMeter().start()
                 up_s, info = await builder.upload(str(remote), "Image")
+                meter.stop()
+                row["labfleet_upload_cpu_s"] = round(meter.cpu_s, 3)
+                row["labfleet_upload_cpu_by_program"] = meter.by_program
                 if info.sha256 != expected or info.size != size:
                     raise RuntimeError(f"the stored artifact differs: {info.sha256} != {expected}")
                 row["labfleet_upload_s"] = round(up_s, 3)
+                meter = CpuMeter().start()
                 row["plain_up_s"] = round(plain.get(str(remote), local / "plain-1"), 3)
+                meter.stop()
+                row["plain_up_cpu_s"] = round(meter.cpu_s, 3)
+                row["plain_up_cpu_by_program"] = meter.by_program
                 down_s, digest = gateway.download(f"{info.object_name}", local / "Image")
                 if digest != expected or file_sha256(local / "Image") != expected:
                     raise RuntimeError(f"the downloaded artifact differs from {expected}")
@@ -335,7 +343,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for f in local.iterdir():
                     f.unlink()
                 say(f"round {n}: upload {row['labfleet_upload_s']} s vs sftp "
-                    f"{row['plain_up_s']} s (storing alone {row['store_only_s']} s); "
+                    f"{row['plain_up_s']} s (CPU {row['labfleet_upload_cpu_s']} s vs "
+                    f"{row['plain_up_cpu_s']} s; storing alone {row['store_only_s']} s); "
                     f"download {row['labfleet_download_s']} s vs sftp "
                     f"{row['plain_down_s']} s; load {row['load_avg']}")
                 rounds.append(row)
@@ -363,6 +372,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     up, plain_up = med("labfleet_upload_s"), med("plain_up_s")
     down, plain_down = med("labfleet_download_s"), med("plain_down_s")
     mbs = lambda s: round(size / MB / s, 1)  # noqa: E731
+    cores = os.cpu_count() or 1
+    up_cpu = med("labfleet_upload_cpu_s")
+    # the round whose upload CPU is the median one: where that CPU went
+    typical = min(rounds, key=lambda r: abs(r["labfleet_upload_cpu_s"] - up_cpu))
     return {
         "bench": "artifacts", "size_mb": args.size_mb, "rounds": args.rounds,
         "ssh_cipher": cipher, "file_transfer": transfer,
@@ -371,6 +384,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "labfleet_upload_s": round(up, 3), "labfleet_upload_mb_s": mbs(up),
         "plain_sftp_up_s": round(plain_up, 3), "plain_sftp_up_mb_s": mbs(plain_up),
         "store_only_s": round(med("store_only_s"), 3),
+        # every part runs on this machine's cores: an upload needing C CPU-seconds takes
+        # at least C / cores seconds, so its ratio cannot pass plain_up_s * cores / C
+        "cores": cores,
+        "labfleet_upload_cpu_s": round(up_cpu, 3),
+        "plain_sftp_up_cpu_s": round(med("plain_up_cpu_s"), 3),
+        "upload_ratio_cpu_ceiling": round(plain_up * cores / up_cpu, 3),
+        "labfleet_upload_cpu_by_program": typical["labfleet_upload_cpu_by_program"],
+        "plain_sftp_up_cpu_by_program": typical["plain_up_cpu_by_program"],
         "labfleet_download_s": round(down, 3), "labfleet_download_mb_s": mbs(down),
         "plain_sftp_down_s": round(plain_down, 3), "plain_sftp_down_mb_s": mbs(plain_down),
         "load_avg": [r["load_avg"] for r in rounds],
