@@ -127,6 +127,32 @@ def table(rows: list[list[str]], header: list[str]) -> None:
         typer.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
 
 
+def labels(pairs: list[str]) -> dict[str, str]:
+    """``--label key=value`` options as a mapping; a malformed one stops with its text."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"label {pair!r} must look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def ssh_secret(key: Path | None, password_env: str | None) -> dict[str, str]:
+    """The registration's SSH secret: the private key file's text, or the password held
+    by the named environment variable (never a password on the command line)."""
+    if key is not None:
+        try:
+            return {"private_key": key.read_text()}
+        except OSError as exc:
+            fail(f"cannot read the private key {key}: {exc.strerror}")
+    if password_env:
+        if password_env not in os.environ:
+            fail(f"the environment variable {password_env} is not set")
+        return {"password": os.environ[password_env]}
+    fail("give --key FILE (preferred) or --password-env VAR")
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "–"

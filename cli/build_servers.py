@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from .api import Api, JsonOption, TokenOption, UrlOption, emit_json, fail, run, table
+from .api import (
+    Api,
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    emit_json,
+    fail,
+    labels,
+    run,
+    ssh_secret,
+    table,
+)
 
 app = typer.Typer(help="Register, inspect, maintain and remove build servers.",
                   no_args_is_help=True)
@@ -21,16 +32,6 @@ def _find(api: Api, server: str) -> dict:
             return item
     fail(f"no build server is named or has the id {server!r} — `labfleet build-server list` "
          "shows them")
-
-
-def _kv(pairs: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"{what} {pair!r} must look like key=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 @app.command("add")
@@ -50,22 +51,11 @@ def add(hostname: Annotated[str, typer.Argument(help="unique name")],
         url: UrlOption = None, token: TokenOption = None, json: JsonOption = False) -> None:
     """Connect over SSH, check toolchains, tools and disk, and add the server to the pool."""
     def go() -> None:
-        import os
         body: dict = {"hostname": hostname, "address": address, "ssh_port": port,
                       "username": user, "architectures": arch, "build_configs": config,
-                      "labels": _kv(label, "label"), "work_dir": work_dir,
+                      "labels": labels(label), "work_dir": work_dir,
                       "expected_host_key_fingerprint": fingerprint}
-        if key is not None:
-            try:
-                body["private_key"] = key.read_text()
-            except OSError as exc:
-                fail(f"cannot read the private key {key}: {exc.strerror}")
-        elif password_env:
-            if password_env not in os.environ:
-                fail(f"the environment variable {password_env} is not set")
-            body["password"] = os.environ[password_env]
-        else:
-            fail("give --key FILE (preferred) or --password-env VAR")
+        body.update(ssh_secret(key, password_env))
         server = Api.resolve(url, token).call("POST", "/api/v1/build-servers", json=body)
         if json:
             emit_json(server)

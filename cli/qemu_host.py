@@ -1,13 +1,23 @@
 """``labfleet qemu-host add|list|show|remove`` over the REST API."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .api import Api, JsonOption, TokenOption, UrlOption, emit_json, fail, run, table
+from .api import (
+    Api,
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    emit_json,
+    fail,
+    labels,
+    run,
+    ssh_secret,
+    table,
+)
 
 app = typer.Typer(help="Register, inspect and remove QEMU hosts (libvirt over SSH).",
                   no_args_is_help=True)
@@ -21,16 +31,6 @@ def _find(api: Api, host: str) -> dict:
         if host in (item["id"], item["name"]):
             return item
     fail(f"no QEMU host is named or has the id {host!r} — `labfleet qemu-host list` shows them")
-
-
-def _labels(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            fail(f"label {pair!r} must look like key=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _pct(used: float, total: float) -> str:
@@ -62,19 +62,9 @@ def add(hostname: Annotated[str, typer.Argument(help="unique name")],
         body: dict = {"hostname": hostname, "address": address, "ssh_port": port,
                       "username": user, "guest_architectures": guest,
                       "allocatable_vcpus": vcpus, "allocatable_memory_mb": memory_mb,
-                      "image_dir": image_dir, "labels": _labels(label),
+                      "image_dir": image_dir, "labels": labels(label),
                       "expected_host_key_fingerprint": fingerprint}
-        if key is not None:
-            try:
-                body["private_key"] = key.read_text()
-            except OSError as exc:
-                fail(f"cannot read the private key {key}: {exc.strerror}")
-        elif password_env:
-            if password_env not in os.environ:
-                fail(f"the environment variable {password_env} is not set")
-            body["password"] = os.environ[password_env]
-        else:
-            fail("give --key FILE (preferred) or --password-env VAR")
+        body.update(ssh_secret(key, password_env))
         host = Api.resolve(url, token).call("POST", "/api/v1/qemu-hosts", json=body)
         if json:
             emit_json(host)
