@@ -23,6 +23,7 @@ from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
 from ..domain.presentation import build_progress
 from .api_artifacts import artifact_response
+from .forms import split_list
 
 router = APIRouter(include_in_schema=False)
 
@@ -35,10 +36,6 @@ def render_build_row(gw: Gateway, build: BuildView) -> str:
 def render_build_status(gw: Gateway, build: BuildView) -> str:
     return gw.templates.get_template("_build_status.html").render(
         b=build, progress=build_progress(build.status, build.phase))
-
-
-def _split(text: str) -> list[str]:
-    return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
 
 
 async def _builds_page(request: Request, gw: Gateway, user: Any, form: dict[str, Any],
@@ -74,8 +71,8 @@ async def submit(request: Request, gw: GatewayDep, user: PageUser) -> Response:
         spec = BuildSpec(
             repo_url=values.get("repo_url", "").strip(), ref=values.get("ref", "").strip()
             or "HEAD", arch=values.get("arch", ""), config=values.get("config", "").strip(),
-            make_targets=_split(values.get("make_targets", "")),
-            artifacts=_split(values.get("artifacts", "")),
+            make_targets=split_list(values.get("make_targets", "")),
+            artifacts=split_list(values.get("artifacts", "")),
             server=values.get("server") or None)
         reply = await handlers.submit_build(gw, spec, user)
         return RedirectResponse(f"/builds/{reply.build_id}", status_code=303)
@@ -137,7 +134,7 @@ async def keep(request: Request, build_id: uuid.UUID, gw: GatewayDep, user: Page
     try:
         if "pinned" in form:
             await fleet.pin_build(gw, build_id, form.get("pinned") == "1", user)
-        tags = _split(str(form.get("tags") or ""))
+        tags = split_list(str(form.get("tags") or ""))
         if tags:
             await fleet.tag_build(gw, build_id, tags, False, user)
     except (ApiError, ValueError) as exc:

@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from labfleet.shared.events.resource import Arch, ResourceView
-from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from ..adapters.live import server_key
@@ -19,6 +18,7 @@ from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
 from ..domain.presentation import history_plot, usage
 from . import qemu_hosts_support as qemu
+from .forms import empty_form, form_labels, form_secret, submit
 from .qemu_hosts_support import QemuHostCreate, QemuHostPublic
 
 router = APIRouter(include_in_schema=False)
@@ -31,10 +31,6 @@ FORM_FIELDS = {"hostname", "address", "ssh_port", "username", "password", "priva
 def render_row(gw: Gateway, host: QemuHostPublic) -> str:
     return gw.templates.get_template("_qemu_row.html").render(
         h=host, u=usage(host.sample), limit=gw.settings.host_utilization_warning_pct)
-
-
-def empty_form() -> dict[str, Any]:
-    return {"values": {"ssh_port": "22", "auth": "key"}, "errors": {}, "registered": None}
 
 
 async def _dashboard(request: Request, gw: Gateway, user: Any, form: dict[str, Any] | None = None,
@@ -93,22 +89,12 @@ async def dashboard_stream(request: Request, gw: GatewayDep, _: PageUser, ids: s
     return EventSourceResponse(events(), ping=15, headers={"X-Accel-Buffering": "no"})
 
 
-def _split(text: str) -> list[str]:
-    return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
-
-
 def form_to_model(values: dict[str, Any]) -> QemuHostCreate:
-    labels: dict[str, str] = {}
-    for pair in _split(values.get("labels", "")):
-        key, _, value = pair.partition("=")
-        labels[key.strip()] = value.strip()
-    use_key = values.get("auth") != "password"
     return QemuHostCreate(
         hostname=values.get("hostname", "").strip(), address=values.get("address", "").strip(),
         ssh_port=values.get("ssh_port") or 22, username=values.get("username", "").strip(),
-        password=None if use_key else (values.get("password") or None),
-        private_key=(values.get("private_key") or None) if use_key else None,
-        guest_architectures=values.get("guest_architectures", []), labels=labels,
+        **form_secret(values),
+        guest_architectures=values.get("guest_architectures", []), labels=form_labels(values),
         expected_host_key_fingerprint=values.get("expected_host_key_fingerprint") or None,
         allocatable_vcpus=values.get("allocatable_vcpus") or None,
         allocatable_memory_mb=values.get("allocatable_memory_mb") or None,
@@ -121,25 +107,9 @@ async def register(request: Request, gw: GatewayDep, user: PageUser) -> Response
     values: dict[str, Any] = {k: v for k, v in raw.items() if isinstance(v, str)}
     values["guest_architectures"] = [a for a in raw.getlist("guest_architectures")
                                      if isinstance(a, str)]
-    errors: dict[str, str] = {}
-    registered = None
-    try:
-        registered = await qemu.register(gw, form_to_model(values), user)
-    except ValidationError as exc:
-        for e in exc.errors():
-            field = str(e["loc"][0]) if e["loc"] else "_form"
-            errors.setdefault(field if field in FORM_FIELDS else "_form",
-                              str(e["msg"]).removeprefix("Value error, "))
-    except ApiError as exc:
-        text = exc.message + (f" — {exc.hint}" if exc.hint else "")
-        field = exc.field if exc.field in FORM_FIELDS else "_form"
-        if field == "password" and values.get("auth") != "password":
-            field = "private_key"
-        errors[field] = text
-    # secrets are never echoed back into the page
-    safe = {k: v for k, v in values.items() if k not in ("password", "private_key")}
-    form = {"values": safe if errors else empty_form()["values"], "errors": errors,
-            "registered": registered}
+    form = await submit(lambda: qemu.register(gw, form_to_model(values), user), values,
+                        FORM_FIELDS)
+    errors = form["errors"]
     if request.headers.get("HX-Request"):
         return gw.templates.TemplateResponse(request, "_qemu_register_form.html", {
             "form": form, "archs": list(Arch)})  # htmx swaps only 2xx answers

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from labfleet.shared.events.resource import Arch
-from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 
 from .. import fleet, handlers
@@ -20,6 +19,7 @@ from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
 from ..domain.presentation import history_plot, usage
 from ..models import BuildServerCreate, BuildServerPublic, MaintenanceSet
+from .forms import empty_form, form_labels, form_secret, split_list, submit
 
 router = APIRouter(include_in_schema=False)
 
@@ -117,27 +117,13 @@ async def dashboard_stream(request: Request, gw: GatewayDep, _: PageUser,
 # ---- registration form ----------------------------------------------------------------
 
 
-def empty_form() -> dict[str, Any]:
-    return {"values": {"ssh_port": "22", "auth": "key"}, "errors": {}, "registered": None}
-
-
-def _split(text: str) -> list[str]:
-    return [p.strip() for p in text.replace("\n", ",").split(",") if p.strip()]
-
-
 def form_to_model(values: dict[str, Any]) -> BuildServerCreate:
-    labels: dict[str, str] = {}
-    for pair in _split(values.get("labels", "")):
-        key, _, value = pair.partition("=")
-        labels[key.strip()] = value.strip()
-    use_key = values.get("auth") != "password"
     return BuildServerCreate(
         hostname=values.get("hostname", "").strip(), address=values.get("address", "").strip(),
         ssh_port=values.get("ssh_port") or 22, username=values.get("username", "").strip(),
-        password=None if use_key else (values.get("password") or None),
-        private_key=(values.get("private_key") or None) if use_key else None,
+        **form_secret(values),
         architectures=values.get("architectures", []),
-        build_configs=_split(values.get("build_configs", "")), labels=labels,
+        build_configs=split_list(values.get("build_configs", "")), labels=form_labels(values),
         expected_host_key_fingerprint=values.get("expected_host_key_fingerprint") or None,
         work_dir=values.get("work_dir") or None)
 
@@ -147,24 +133,10 @@ async def register(request: Request, gw: GatewayDep, user: PageUser) -> Response
     raw = await request.form()
     values: dict[str, Any] = {k: v for k, v in raw.items() if isinstance(v, str)}
     values["architectures"] = [a for a in raw.getlist("architectures") if isinstance(a, str)]
-    errors: dict[str, str] = {}
-    registered = None
-    try:
-        registered = await handlers.register_build_server(gw, form_to_model(values), user)
-    except ValidationError as exc:
-        for e in exc.errors():
-            field = str(e["loc"][0]) if e["loc"] else "_form"
-            errors.setdefault(field, str(e["msg"]).removeprefix("Value error, "))
-    except ApiError as exc:
-        text = exc.message + (f" — {exc.hint}" if exc.hint else "")
-        field = exc.field if exc.field in FORM_FIELDS else "_form"
-        if field == "password" and values.get("auth") != "password":
-            field = "private_key"
-        errors[field] = text
-    # secrets are never echoed back into the page
-    safe = {k: v for k, v in values.items() if k not in ("password", "private_key")}
-    form = {"values": safe if errors else empty_form()["values"], "errors": errors,
-            "registered": registered}
+    form = await submit(
+        lambda: handlers.register_build_server(gw, form_to_model(values), user), values,
+        FORM_FIELDS)
+    errors = form["errors"]
     code = 200 if not errors else 422
     if request.headers.get("HX-Request"):
         return gw.templates.TemplateResponse(request, "_register_form.html", {
