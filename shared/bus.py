@@ -14,6 +14,8 @@ publish sets ``Nats-Msg-Id`` to the event id so that a retried publish is stored
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,6 +55,9 @@ from .events.envelope import Command, Event, Message, Reply
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: room left in a reply for its headers (tracing, the server's own): max_payload counts them
+REPLY_HEADROOM = 4096
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=BaseModel)
@@ -242,8 +247,43 @@ class Bus:
         host holds up every other request of that kind.
         """
         subj = subject or command_type.subject
-        return self.commands.subscriber(subj, queue=f"{self.service}-cmd",
-                                        title=f"{self.service}:{subj}", max_workers=max_workers)
+        subscriber = self.commands.subscriber(subj, queue=f"{self.service}-cmd",
+                                              title=f"{self.service}:{subj}",
+                                              max_workers=max_workers)
+
+        def register(fn: Callable[..., Awaitable[Any]]) -> Any:
+            @functools.wraps(fn)
+            async def answer(*args: Any, **kwargs: Any) -> Any:
+                return self.fit_reply(subj, await fn(*args, **kwargs))
+
+            return subscriber(answer)
+
+        return register
+
+    def fit_reply(self, subject: str, reply: Any) -> Any:
+        """``reply`` if the NATS server will carry it, else an error reply that says so: a
+        reply over the server's ``max_payload`` is refused by the client, and the requester
+        would only see its request time out."""
+        if isinstance(reply, BaseModel):
+            size = len(reply.model_dump_json().encode())
+        elif isinstance(reply, str):
+            size = len(reply.encode())
+        elif isinstance(reply, bytes | bytearray):
+            size = len(reply)
+        else:
+            return reply
+        limit = self.nc.max_payload - REPLY_HEADROOM
+        if size <= limit:
+            return reply
+        log.error("the answer to %s is %d bytes, over what this NATS server carries (%d)",
+                  subject, size, self.nc.max_payload)
+        return json.dumps({"ok": False, "error": {
+            "code": "reply_too_large",
+            "message": f"the answer to {subject} is {size} bytes, more than the NATS "
+                       f"server's max_payload of {self.nc.max_payload} bytes allows",
+            "hint": "raise max_payload in the NATS server's configuration (labfleet's own "
+                    "servers allow 8MB), or ask for less (a filter, a smaller page)",
+            "field": None, "details": {"size": size, "max_payload": self.nc.max_payload}}})
 
     def include(self) -> None:
         self.broker.include_router(self.events)

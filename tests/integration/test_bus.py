@@ -365,3 +365,37 @@ async def test_an_outbox_made_with_the_notify_trigger_loses_it_on_upgrade(databa
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
+
+
+async def test_a_reply_too_large_for_nats_comes_back_as_an_error_not_a_timeout(settings_factory, unique):  # type: ignore[no-untyped-def]
+    from labfleet.shared.events.resource import ListResources, ResourceListReply
+
+    svc = Service.create(f"bt_{unique}", settings_factory(), migrations=MIGRATIONS)
+    subject = f"resource.cmd.list{unique}"
+    sizes: dict[str, int] = {}
+
+    @svc.bus.on_command(ListResources, subject=subject)
+    async def answer(msg: NatsMessage) -> str:
+        # the handler's own parameters still reach it through the size check
+        wanted = json.loads(msg.body)["kind"]
+        if wanted == "build_server":
+            return ResourceListReply(ok=True).model_dump_json()
+        sizes["max_payload"] = svc.bus.nc.max_payload
+        return json.dumps({"ok": True, "resources": [], "pad": "x" * svc.bus.nc.max_payload})
+
+    await svc.start()
+    try:
+        small = await svc.bus.request(ListResources(kind="build_server"), ResourceListReply,
+                                      subject=subject, timeout=10)
+        assert small.ok and small.resources == []
+        started = asyncio.get_running_loop().time()
+        big = await svc.bus.request(ListResources(), ResourceListReply, subject=subject,
+                                    timeout=10)
+        assert asyncio.get_running_loop().time() - started < 5  # an answer, not a timeout
+    finally:
+        await svc.stop()
+    assert not big.ok and big.error is not None
+    assert big.error.code == "reply_too_large"
+    assert f"max_payload of {sizes['max_payload']} bytes" in big.error.message
+    assert subject in big.error.message and "max_payload" in (big.error.hint or "")
+    assert big.error.details["size"] > sizes["max_payload"]

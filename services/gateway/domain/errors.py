@@ -42,7 +42,10 @@ BUSY_CODES = frozenset({"active_builds", "active_builds_unknown"})
 
 
 def status_for_code(code: str) -> int:
-    """409 for duplicates, 404 for unknown things, 422 for every other refusal."""
+    """409 for duplicates, 404 for unknown things, 502 for an answer the bus could not
+    carry, 422 for every other refusal."""
+    if code == "reply_too_large":
+        return 502
     if code.startswith("duplicate") or code.endswith("_conflict") or code in BUSY_CODES:
         return 409
     if code in NOT_FOUND_CODES or code.endswith("_not_found"):
