@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from faststream.nats import NatsMessage
-from labfleet.shared.bus import Bus, error_reply, reveal_secrets_json
+from labfleet.shared.bus import Bus, error_reply, invalid_request, reveal_secrets_json
 from labfleet.shared.events.envelope import Command, Reply
 from labfleet.shared.events.resource import (
     CredentialsReply,
@@ -40,16 +40,6 @@ REGISTRATIONS_AT_ONCE = 8
 
 C = TypeVar("C", bound=Command)
 R = TypeVar("R", bound=Reply)
-
-
-def invalid_request(reply_type: type[R], exc: ValidationError) -> R:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ())) or None
-    return error_reply(reply_type, "invalid_request",
-                       f"{where + ': ' if where else ''}{first.get('msg', 'invalid value')}",
-                       hint="correct the field and send again", field_name=where,
-                       errors=[{"field": ".".join(str(p) for p in e.get("loc", ())),
-                                "message": e.get("msg", "")} for e in exc.errors()])
 
 
 def serve(bus: Bus, command_type: type[C], reply_type: type[R],

@@ -399,3 +399,51 @@ async def test_a_reply_too_large_for_nats_comes_back_as_an_error_not_a_timeout(s
     assert f"max_payload of {sizes['max_payload']} bytes" in big.error.message
     assert subject in big.error.message and "max_payload" in (big.error.hint or "")
     assert big.error.details["size"] > sizes["max_payload"]
+
+
+async def test_every_command_gets_an_answer_even_a_bad_one_or_a_failing_one(settings_factory, unique):  # type: ignore[no-untyped-def]
+    from labfleet.shared.events.build import BuildReply, GetBuild
+    from labfleet.shared.events.resource import ListResources, ResourceListReply, ResourceView
+
+    svc = Service.create(f"bt_{unique}", settings_factory(), migrations=MIGRATIONS)
+    get_subject, list_subject = f"build.cmd.get{unique}", f"resource.cmd.list{unique}"
+    ran: list[str] = []
+
+    @svc.bus.on_command(GetBuild, subject=get_subject)
+    async def get(cmd: GetBuild) -> BuildReply:
+        ran.append(str(cmd.build_id))
+        raise RuntimeError("induced handler failure")
+
+    @svc.bus.on_command(ListResources, subject=list_subject)
+    async def listing(cmd: ListResources) -> ResourceListReply:
+        view = ResourceView.model_validate_json(json.dumps({
+            "resource_id": "00000000-0000-0000-0000-000000000001", "kind": "build_server",
+            "name": "x" * 200, "ssh": {"address": "10.0.0.1", "port": 22, "username": "lab"}}))
+        # a model, too large for the server once it holds enough of them
+        return ResourceListReply(ok=True, resources=[view] * (svc.bus.nc.max_payload // 200))
+
+    await svc.start()
+    try:
+        nc = svc.bus.nc
+        started = asyncio.get_running_loop().time()
+        missing = json.loads((await nc.request(get_subject, b'{"bogus": 1}', timeout=5)).data)
+        garbage = json.loads((await nc.request(get_subject, b"not json", timeout=5)).data)
+        failed = await svc.bus.request(
+            GetBuild(build_id="00000000-0000-0000-0000-000000000002"), BuildReply,
+            subject=get_subject, timeout=5)
+        big = await svc.bus.request(ListResources(), ResourceListReply, subject=list_subject,
+                                    timeout=10)
+        # answers, each at once: not requests left to time out
+        assert asyncio.get_running_loop().time() - started < 8
+    finally:
+        await svc.stop()
+    assert missing["ok"] is False and missing["error"]["code"] == "invalid_request"
+    assert missing["error"]["field"] == "build_id"
+    assert missing["error"]["message"] == "build_id: Field required"
+    assert garbage["error"]["code"] == "invalid_request"
+    assert "GetBuild" in garbage["error"]["message"]
+    # the bad ones never reached the handler; the good one did, and its failure is said
+    assert ran == ["00000000-0000-0000-0000-000000000002"]
+    assert not failed.ok and failed.error is not None and failed.error.code == "internal_error"
+    assert get_subject in failed.error.message and "log" in (failed.error.hint or "")
+    assert not big.ok and big.error is not None and big.error.code == "reply_too_large"
