@@ -1,17 +1,16 @@
 """NATS request/reply subscribers: bytes in → command → handler → reply out.
 
-The payload is validated here rather than by faststream's argument injection: an invalid
-command must still be answered (with what was wrong), not dropped while the requester
-waits for its timeout.
+The payload is validated here rather than by faststream's argument injection, and the
+refusal of an invalid command comes in the command's own reply type; a handler that
+raises is answered with ``internal_error`` by the bus (``Bus.on_command``).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from faststream.nats import NatsMessage
-from labfleet.shared.bus import Bus, error_reply, invalid_request, reveal_secrets_json
+from labfleet.shared.bus import Bus, invalid_request, reveal_secrets_json
 from labfleet.shared.events.envelope import Command, Reply
 from labfleet.shared.events.resource import (
     CredentialsReply,
@@ -33,8 +32,6 @@ from pydantic import ValidationError
 from . import handlers, lifecycle_handlers, qemu_handlers
 from .handlers import InventoryDeps
 
-log = logging.getLogger(__name__)
-
 #: registrations probed at once; each holds one SSH connection while it runs
 REGISTRATIONS_AT_ONCE = 8
 
@@ -52,13 +49,8 @@ def serve(bus: Bus, command_type: type[C], reply_type: type[R],
         except ValidationError as exc:
             reply: Reply = invalid_request(reply_type, exc)
         else:
-            try:
-                reply = await handler(command, deps)
-            except Exception:  # the requester is owed an answer; the trace goes to the log
-                log.exception("command failed", extra={"subject": command_type.subject})
-                reply = error_reply(reply_type, "internal_error",
-                                    f"the inventory failed while handling {command_type.subject}",
-                                    hint="see the inventory's log; retrying may help")
+            # a handler that raises is answered with internal_error by the bus
+            reply = await handler(command, deps)
         # credentials travel in clear only on this internal reply, never elsewhere
         return reveal_secrets_json(reply) if reveal_secrets else reply.model_dump_json()
 
