@@ -20,6 +20,8 @@ def test_service_error_codes_get_fitting_statuses() -> None:
     assert status_for_code("duplicate_address") == 409
     assert status_for_code("not_found") == 404
     assert status_for_code("unknown_build") == 404
+    assert status_for_code("internal_error") == 502
+    assert status_for_code("reply_too_large") == 502
     for code in ("authentication_failed", "connection_refused", "missing_toolchain",
                  "host_key_changed", "timeout"):
         assert status_for_code(code) == 422

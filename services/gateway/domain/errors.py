@@ -9,6 +9,9 @@ from typing import Any
 
 from labfleet.shared.events.envelope import ErrorInfo
 
+#: codes that mean the service behind the gateway failed, not the request
+UPSTREAM_FAILURE_CODES = {"internal_error", "reply_too_large"}
+
 #: codes that mean "this does not exist"
 NOT_FOUND_CODES = {"not_found", "unknown_build", "unknown_resource", "unknown_artifact"}
 
@@ -42,9 +45,10 @@ BUSY_CODES = frozenset({"active_builds", "active_builds_unknown"})
 
 
 def status_for_code(code: str) -> int:
-    """409 for duplicates, 404 for unknown things, 502 for an answer the bus could not
-    carry, 422 for every other refusal."""
-    if code == "reply_too_large":
+    """409 for duplicates, 404 for unknown things, 502 where the service behind failed
+    (its handler raised, or its answer was too large for the bus), 422 for every other
+    refusal."""
+    if code in UPSTREAM_FAILURE_CODES:
         return 502
     if code.startswith("duplicate") or code.endswith("_conflict") or code in BUSY_CODES:
         return 409
