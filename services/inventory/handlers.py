@@ -11,6 +11,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import asyncssh
 from labfleet.shared.bus import Bus
@@ -24,6 +25,7 @@ from labfleet.shared.events.resource import (
     Lifecycle,
     ListResources,
     RegisterBuildServer,
+    RegisterQemuHost,
     RegistrationReply,
     RemoveResource,
     ResourceKind,
@@ -86,18 +88,7 @@ async def _register_build_server(cmd: RegisterBuildServer, deps: InventoryDeps) 
     await deps.resources.check_free(ResourceKind.BUILD_SERVER, cmd.hostname, cmd.address,
                                     cmd.ssh_port)
     try:
-        host_key = await deps.probe.host_key(cmd.address, cmd.ssh_port)
-        presented = fingerprint(host_key)
-        expected = _normalise_fingerprint(cmd.expected_host_key_fingerprint)
-        if expected and expected != presented:
-            raise InventoryRefusal(
-                "host_key_changed",
-                f"the host key of {cmd.address}:{cmd.ssh_port} is {presented}, not the "
-                f"{expected} that was accepted",
-                hint="if the host was reinstalled, accept its new key explicitly; otherwise "
-                     "treat this as a possible interception and investigate",
-                field="expected_host_key_fingerprint",
-                details={"presented": presented, "expected": expected})
+        host_key, presented = await _pinned_host_key(cmd, deps.probe)
         facts = await deps.probe.facts(cmd.address, cmd.ssh_port, creds, host_key, cmd.work_dir)
         capabilities = build_capabilities(facts)
     except SshError as exc:
@@ -193,6 +184,29 @@ def _login(cmd: RegisterBuildServer) -> Credentials:
                      "protected by a passphrase are not supported",
                 field="private_key") from None
     return Credentials(cmd.username, password=password, private_key=key)
+
+
+class _HostKeyProbe(Protocol):
+    async def host_key(self, address: str, port: int) -> str: ...
+
+
+async def _pinned_host_key(cmd: RegisterBuildServer | RegisterQemuHost,
+                           probe: _HostKeyProbe) -> tuple[str, str]:
+    """The key the host presents and its fingerprint, refused when it is not the one the
+    admin said to expect."""
+    host_key = await probe.host_key(cmd.address, cmd.ssh_port)
+    presented = fingerprint(host_key)
+    expected = _normalise_fingerprint(cmd.expected_host_key_fingerprint)
+    if expected and expected != presented:
+        raise InventoryRefusal(
+            "host_key_changed",
+            f"the host key of {cmd.address}:{cmd.ssh_port} is {presented}, not the "
+            f"{expected} that was accepted",
+            hint="if the host was reinstalled, accept its new key explicitly; otherwise "
+                 "treat this as a possible interception and investigate",
+            field="expected_host_key_fingerprint",
+            details={"presented": presented, "expected": expected})
+    return host_key, presented
 
 
 def _normalise_fingerprint(value: str | None) -> str | None:

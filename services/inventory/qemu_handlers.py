@@ -23,7 +23,7 @@ from labfleet.shared.events.resource import (
     ResourceView,
     SshTarget,
 )
-from labfleet.shared.ssh import Credentials, SshError, fingerprint
+from labfleet.shared.ssh import Credentials, SshError
 from labfleet.shared.ssh.libvirt import LibvirtFailure, canonical_uri
 
 from .adapters.qemu_probe import LibvirtFacts, QemuHostFacts, QemuHostProbe
@@ -35,7 +35,7 @@ from .handlers import (
     InventoryDeps,
     _audit_safely,
     _login,
-    _normalise_fingerprint,
+    _pinned_host_key,
     _refusal_from_ssh,
 )
 
@@ -46,23 +46,6 @@ log = logging.getLogger(__name__)
 class QemuHostDeps:
     inventory: InventoryDeps
     probe: QemuHostProbe
-
-
-async def _pinned_host_key(cmd: RegisterQemuHost, probe: QemuHostProbe) -> tuple[str, str]:
-    """The key the host presents, refused when it is not the one the admin accepted."""
-    host_key = await probe.host_key(cmd.address, cmd.ssh_port)
-    presented = fingerprint(host_key)
-    expected = _normalise_fingerprint(cmd.expected_host_key_fingerprint)
-    if expected and expected != presented:
-        raise InventoryRefusal(
-            "host_key_changed",
-            f"the host key of {cmd.address}:{cmd.ssh_port} is {presented}, not the "
-            f"{expected} that was accepted",
-            hint="if the host was reinstalled, accept its new key explicitly; otherwise "
-                 "treat this as a possible interception and investigate",
-            field="expected_host_key_fingerprint",
-            details={"presented": presented, "expected": expected})
-    return host_key, presented
 
 
 async def register_qemu_host(cmd: RegisterQemuHost, qdeps: QemuHostDeps) -> RegistrationReply:
