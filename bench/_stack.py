@@ -66,7 +66,7 @@ class CpuMeter:
 
     def __init__(self) -> None:
         self._busy0 = 0.0
-        self._procs0: dict[int, tuple[str, float]] = {}
+        self._procs0: dict[tuple[int, int], tuple[str, float]] = {}
         self.cpu_s = 0.0
         self.by_program: dict[str, float] = {}
 
@@ -78,8 +78,11 @@ class CpuMeter:
         return (sum(fields[:8]) - fields[3] - fields[4]) / cls.TICK
 
     @classmethod
-    def processes(cls) -> dict[int, tuple[str, float]]:
-        out: dict[int, tuple[str, float]] = {}
+    def processes(cls) -> dict[tuple[int, int], tuple[str, float]]:
+        """(pid, start time) → (program, CPU seconds): a pid reused meanwhile is another
+        process.  Kernel workers are counted together (their name changes with the work
+        they do)."""
+        out: dict[tuple[int, int], tuple[str, float]] = {}
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
@@ -89,9 +92,13 @@ class CpuMeter:
             except OSError:
                 continue  # gone meanwhile
             comm = raw[raw.index("(") + 1:raw.rindex(")")]
+            if comm.startswith("kworker/"):
+                comm = "kworker"
             rest = raw[raw.rindex(")") + 2:].split()
-            # utime stime cutime cstime: fields 14-17, 12-15 after the comm
-            out[int(entry.name)] = (comm, sum(int(x) for x in rest[11:15]) / cls.TICK)
+            # fields 14-17 (utime stime cutime cstime) and 22 (starttime), counted from 1
+            # with the pid and the comm as fields 1 and 2
+            out[(int(entry.name), int(rest[19]))] = (
+                comm, sum(int(x) for x in rest[11:15]) / cls.TICK)
         return out
 
     def start(self) -> CpuMeter:
@@ -102,9 +109,9 @@ class CpuMeter:
     def stop(self) -> CpuMeter:
         self.cpu_s = self.busy() - self._busy0
         by: dict[str, float] = {}
-        for pid, (comm, t) in self.processes().items():
-            before = self._procs0.get(pid)
-            spent = t - (before[1] if before and before[0] == comm else 0.0)
+        for key, (comm, t) in self.processes().items():
+            before = self._procs0.get(key)
+            spent = t - (before[1] if before else 0.0)
             if spent > 0:
                 by[comm] = by.get(comm, 0.0) + spent
         self.by_program = {k: round(v, 3) for k, v in

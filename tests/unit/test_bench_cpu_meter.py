@@ -1,6 +1,7 @@
 """The benchmarks' CPU meter counts the CPU programs spend, in all and per program."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,10 @@ def test_an_idle_stretch_costs_next_to_nothing() -> None:
     meter.stop()
     assert meter.by_program.get("sleep", 0.0) < 0.02
     assert all(v >= 0.02 for v in meter.by_program.values())
+
+
+def test_a_process_is_known_by_its_pid_and_start_and_kernel_workers_together() -> None:
+    procs = CpuMeter.processes()
+    mine = [v for (pid, _), v in procs.items() if pid == os.getpid()]
+    assert len(mine) == 1 and mine[0][1] > 0
+    assert not any(name.startswith("kworker/") for name, _ in procs.values())
