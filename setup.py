@@ -33,6 +33,8 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={name: ["*.html", "*.js", "*.css", "*.ini", "*.mako", "templates/*", "static/*",
+                         # htmx, fetched from npm by infra/setup.sh (and the image's build)
+                         "static/vendor/*.js",
                          "**/*.sql", "*.json", "*.yaml", "*.sh", "*.c", "*.config",
                          # Alembic's env and revisions sit in folders without __init__.py;
                          # a non-editable install (the container image) needs them too
