@@ -20,11 +20,13 @@ def test_artifact_benchmark_prints_its_figures(nats_url: str) -> None:
     # no users yet, so the bench starts an embedded PostgreSQL of its own
     env = {k: v for k, v in os.environ.items() if k != "LABFLEET_DATABASE_URL"}
     env["LABFLEET_NATS_URL"] = nats_url
-    run = subprocess.run([sys.executable, str(BENCH), "--size-mb", "8", "--rounds", "1"],
+    # large enough that each side's share passes the 0.02 CPU-s a program must take to
+    # be listed (at 8 MB, sshd's part of an sftp get is about 0.015 s)
+    run = subprocess.run([sys.executable, str(BENCH), "--size-mb", "64", "--rounds", "1"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["size_mb"] == 8 and result["rounds"] == 1
+    assert result["size_mb"] == 64 and result["rounds"] == 1
     for key in ("upload_ratio_vs_sftp", "download_ratio_vs_sftp", "labfleet_upload_s",
                 "plain_sftp_up_s", "labfleet_download_s", "plain_sftp_down_s", "store_only_s"):
         assert result[key] > 0, key
