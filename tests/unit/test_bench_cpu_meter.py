@@ -9,18 +9,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench._stack import CpuMeter  # noqa: E402
 
-BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+BURN = """
+import sys, time
+with open("/proc/self/comm", "w") as f:
+    f.write("cpuburner")
+t = time.process_time()
+while time.process_time() - t < 0.4:
+    pass
+print("burnt", flush=True)
+time.sleep(60)
+"""
 
 
-def test_a_reaped_child_is_counted_under_its_parent_and_in_all() -> None:
+def test_a_busy_program_is_counted_under_its_name_and_in_all() -> None:
     meter = CpuMeter().start()
-    subprocess.run([sys.executable, "-c", BURN], check=True)
-    meter.stop()
-    # the child has been reaped: its time is in its parent's (a Python too) children's time
-    name = Path(sys.executable).name[:15]
-    assert meter.by_program.get(name, 0.0) >= 0.35, meter.by_program
+    burner = subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert burner.stdout is not None and burner.stdout.readline() == "burnt\n"
+        meter.stop()  # while it still runs: its own time, under the name it gave itself
+    finally:
+        burner.kill()
+        burner.wait()
+    assert meter.by_program.get("cpuburner", 0.0) >= 0.35, meter.by_program
     assert meter.cpu_s >= 0.35
     assert meter.cpu_s < 60  # seconds, not clock ticks
+
+
+def test_a_reaped_child_is_counted_under_its_parent() -> None:
+    meter = CpuMeter().start()
+    subprocess.run([sys.executable, "-c", BURN.replace("time.sleep(60)", "")], check=True,
+                   stdout=subprocess.DEVNULL)
+    meter.stop()
+    # gone before the meter stopped: its time is in this process's children's time
+    mine = Path("/proc/self/comm").read_text().strip()
+    assert meter.by_program.get(mine, 0.0) >= 0.35, meter.by_program
+    assert "cpuburner" not in meter.by_program
 
 
 def test_an_idle_stretch_costs_next_to_nothing() -> None:
