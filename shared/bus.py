@@ -9,20 +9,19 @@ Here every durable consumer acknowledges by hand through :class:`RedeliveryMiddl
   to ``deadletter.<stream>.<consumer>`` (stream DEADLETTER) with the error, then ``term``-ed.
 
 Facts travel on JetStream (one stream per domain, ``<domain>.*``); commands are core NATS
-request/reply on ``<domain>.cmd.<verb>`` where a person waits for the answer.  Every
-publish sets ``Nats-Msg-Id`` to the event id so that a retried publish is stored once.
+request/reply on ``<domain>.cmd.<verb>`` where a person waits for the answer (each one
+answered, see ``commands``).  Every publish sets ``Nats-Msg-Id`` to the event id so that
+a retried publish is stored once.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import nats.js.errors
-from faststream import AckPolicy, BaseMiddleware
+from faststream import AckPolicy
 from faststream.nats import (
     ConsumerConfig,
     DeliverPolicy,
@@ -36,8 +35,14 @@ from faststream.nats import (
 )
 from nats.js.api import RetentionPolicy
 from opentelemetry import propagate
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from .commands import (  # noqa: F401 - re-exported beside error_reply
+    CommandMiddleware,
+    always_answered,
+    error_reply,
+    invalid_request,
+)
 from .dispatch import (  # noqa: F401 - re-exported: handlers import them from the bus
     BATCH_TRANSACTIONS,
     ORDERING_FIELDS,
@@ -55,9 +60,6 @@ from .events.envelope import Command, Event, Message, Reply
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: room left in a reply for its headers (tracing, the server's own): max_payload counts them
-REPLY_HEADROOM = 4096
 
 M = TypeVar("M", bound=Message)
 R = TypeVar("R", bound=BaseModel)
@@ -252,47 +254,10 @@ class Bus:
                                               max_workers=max_workers)
 
         def register(fn: Callable[..., Awaitable[Any]]) -> Any:
-            shape = _reply_shape(fn)
-
-            @functools.wraps(fn)
-            async def answer(*args: Any, **kwargs: Any) -> Any:
-                try:
-                    return _shaped(self.fit_reply(subj, await fn(*args, **kwargs)), shape)
-                except Exception:  # noqa: BLE001 - the caller is owed an answer
-                    log.exception("command failed", extra={"subject": subj})
-                    return _shaped(error_reply(
-                        Reply, "internal_error",
-                        f"the {self.service} service failed while handling {subj}",
-                        hint=f"see the {self.service} service's log; retrying may help"), shape)
-
-            return subscriber(answer)
+            return subscriber(always_answered(fn, subj, self.service,
+                                              lambda: self.nc.max_payload))
 
         return register
-
-    def fit_reply(self, subject: str, reply: Any) -> Any:
-        """``reply`` if the NATS server will carry it, else an error reply that says so: a
-        reply over the server's ``max_payload`` is refused by the client, and the requester
-        would only see its request time out."""
-        if isinstance(reply, BaseModel):
-            size = len(reply.model_dump_json().encode())
-        elif isinstance(reply, str):
-            size = len(reply.encode())
-        elif isinstance(reply, bytes | bytearray):
-            size = len(reply)
-        else:
-            return reply
-        limit = self.nc.max_payload - REPLY_HEADROOM
-        if size <= limit:
-            return reply
-        log.error("the answer to %s is %d bytes, over what this NATS server carries (%d)",
-                  subject, size, self.nc.max_payload)
-        return error_reply(
-            Reply, "reply_too_large",
-            f"the answer to {subject} is {size} bytes, more than the NATS server's "
-            f"max_payload of {self.nc.max_payload} bytes allows",
-            hint="raise max_payload in the NATS server's configuration (labfleet's own "
-                 "servers allow 8MB), or ask for less (a filter, a smaller page)",
-            size=size, max_payload=self.nc.max_payload)
 
     def include(self) -> None:
         self.broker.include_router(self.events)
@@ -363,75 +328,6 @@ def reveal_secrets_json(model: BaseModel) -> str:
 
     data = reveal(model)
     return json.dumps(data, default=str)
-
-
-def error_reply(reply_type: type[R], code: str, message: str, hint: str | None = None,
-                field_name: str | None = None, **details: Any) -> R:
-    from .events.envelope import ErrorInfo
-
-    return reply_type(ok=False, error=ErrorInfo(code=code, message=message, hint=hint,
-                                                field=field_name, details=details))
-
-
-def _reply_shape(fn: Callable[..., Any]) -> Any:
-    """What a command handler says it returns (FastStream casts the result to it)."""
-    try:
-        return typing.get_type_hints(fn).get("return")
-    except Exception:  # noqa: BLE001 - an annotation that does not resolve: left as it is
-        return None
-
-
-def _shaped(reply: Any, shape: Any) -> Any:
-    """A reply in the shape the handler says it returns (a plain :class:`Reply` the bus
-    made, a JSON string), so that FastStream's cast of the result accepts it; a result
-    that cannot take that shape raises here, in the handler's own wrapper."""
-    if isinstance(shape, type) and issubclass(shape, Reply):
-        if isinstance(reply, str | bytes | bytearray):
-            return shape.model_validate_json(reply)  # a handler that serialised it itself
-        if isinstance(reply, Reply) and not isinstance(reply, shape):
-            return shape(ok=reply.ok, error=reply.error)
-        return reply
-    if not isinstance(reply, Reply):
-        return reply
-    if shape is str:
-        return reply.model_dump_json()
-    if shape is bytes:
-        return reply.model_dump_json().encode()
-    # an annotation that did not resolve here (a name local to where the handler was
-    # defined): a mapping is what a cast to any reply model accepts
-    return reply.model_dump(mode="json") if shape is None and type(reply) is Reply else reply
-
-
-def invalid_request(reply_type: type[R], exc: ValidationError, *, skip: int = 0) -> R:
-    """The refusal of a command that does not validate, naming the first bad field and
-    listing every one; ``skip`` leading parts of each error's location are not fields
-    (the handler's parameter name, where the framework validated the command)."""
-    errors = [(".".join(str(p) for p in e.get("loc", ())[skip:]), str(e.get("msg", "")))
-              for e in exc.errors()]
-    where, what = errors[0] if errors else ("", "invalid value")
-    return error_reply(reply_type, "invalid_request",
-                       f"{where + ': ' if where else ''}{what or 'invalid value'}",
-                       hint="correct the field and send again", field_name=where or None,
-                       errors=[{"field": f, "message": m} for f, m in errors])
-
-
-class CommandMiddleware(BaseMiddleware):
-    """A command whose body does not validate as its handler's parameter gets a refusal
-    naming the fields (the handler never runs), where the caller would otherwise only
-    see its request time out.  (A handler that raises is answered by ``on_command``.)"""
-
-    async def consume_scope(self, call_next: Callable[..., Awaitable[Any]], msg: Any) -> Any:
-        try:
-            return await call_next(msg)
-        except ValidationError as exc:
-            # validated as the handler's one parameter: its name leads each location
-            reply = invalid_request(Reply, exc, skip=1)
-            raw = msg.raw_message
-            log.warning("command refused: %s", reply.error.message if reply.error else "",
-                        extra={"subject": raw.subject})
-            if raw.reply:
-                await raw.respond(reply.model_dump_json().encode())
-            return None
 
 
 __all__ = [
