@@ -6,7 +6,7 @@ from typing import Any
 
 from labfleet.gateway.domain.errors import ApiError
 from labfleet.gateway.models import BuildServerCreate
-from labfleet.gateway.routes.forms import form_labels, form_secret, split_list, submit
+from labfleet.gateway.routes.forms import form_labels, form_secret, split_list, submit_registration
 from labfleet.gateway.routes.pages_servers import FORM_FIELDS, form_to_model
 
 FILLED = {"hostname": "b1", "address": "10.0.0.5", "ssh_port": "2222", "username": "lab",
@@ -15,7 +15,7 @@ FILLED = {"hostname": "b1", "address": "10.0.0.5", "ssh_port": "2222", "username
 
 
 def submitted(register: Any, values: dict[str, Any]) -> dict[str, Any]:
-    return asyncio.run(submit(register, values, FORM_FIELDS))
+    return asyncio.run(submit_registration(register, values, FORM_FIELDS))
 
 
 def test_lists_and_labels_take_lines_or_commas() -> None:

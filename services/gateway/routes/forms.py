@@ -37,8 +37,8 @@ def form_secret(values: dict[str, Any]) -> dict[str, str | None]:
             "private_key": (values.get("private_key") or None) if use_key else None}
 
 
-async def submit(register: Callable[[], Awaitable[Any]], values: dict[str, Any],
-                 fields: set[str]) -> dict[str, Any]:
+async def submit_registration(register: Callable[[], Awaitable[Any]],
+                              values: dict[str, Any], fields: set[str]) -> dict[str, Any]:
     """The form after registering: what was registered, or the errors by form field
     (``_form`` for what belongs to no field) with the values to show again, without the
     secrets; an accepted form starts empty again."""

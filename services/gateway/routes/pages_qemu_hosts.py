@@ -18,7 +18,7 @@ from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
 from ..domain.presentation import history_plot, usage
 from . import qemu_hosts_support as qemu
-from .forms import empty_form, form_labels, form_secret, submit
+from .forms import empty_form, form_labels, form_secret, submit_registration
 from .qemu_hosts_support import QemuHostCreate, QemuHostPublic
 
 router = APIRouter(include_in_schema=False)
@@ -107,13 +107,13 @@ async def register(request: Request, gw: GatewayDep, user: PageUser) -> Response
     values: dict[str, Any] = {k: v for k, v in raw.items() if isinstance(v, str)}
     values["guest_architectures"] = [a for a in raw.getlist("guest_architectures")
                                      if isinstance(a, str)]
-    form = await submit(lambda: qemu.register(gw, form_to_model(values), user), values,
-                        FORM_FIELDS)
-    errors = form["errors"]
+    form = await submit_registration(
+        lambda: qemu.register(gw, form_to_model(values), user), values, FORM_FIELDS)
     if request.headers.get("HX-Request"):
         return gw.templates.TemplateResponse(request, "_qemu_register_form.html", {
             "form": form, "archs": list(Arch)})  # htmx swaps only 2xx answers
-    return await _dashboard(request, gw, user, form=form, status_code=422 if errors else 200)
+    return await _dashboard(request, gw, user, form=form,
+                            status_code=422 if form["errors"] else 200)
 
 
 @router.get("/qemu-hosts/{host_id}", response_class=HTMLResponse)

@@ -19,7 +19,7 @@ from ..deps import GatewayDep, PageUser
 from ..domain.errors import ApiError
 from ..domain.presentation import history_plot, usage
 from ..models import BuildServerCreate, BuildServerPublic, MaintenanceSet
-from .forms import empty_form, form_labels, form_secret, split_list, submit
+from .forms import empty_form, form_labels, form_secret, split_list, submit_registration
 
 router = APIRouter(include_in_schema=False)
 
@@ -133,16 +133,15 @@ async def register(request: Request, gw: GatewayDep, user: PageUser) -> Response
     raw = await request.form()
     values: dict[str, Any] = {k: v for k, v in raw.items() if isinstance(v, str)}
     values["architectures"] = [a for a in raw.getlist("architectures") if isinstance(a, str)]
-    form = await submit(
+    form = await submit_registration(
         lambda: handlers.register_build_server(gw, form_to_model(values), user), values,
         FORM_FIELDS)
-    errors = form["errors"]
-    code = 200 if not errors else 422
     if request.headers.get("HX-Request"):
         return gw.templates.TemplateResponse(request, "_register_form.html", {
             # htmx swaps only 2xx answers: the form with its messages comes back as 200
             "form": form, "archs": list(Arch)})
-    return await _dashboard(request, gw, user, form=form, status_code=code)
+    return await _dashboard(request, gw, user, form=form,
+                            status_code=422 if form["errors"] else 200)
 
 
 FORM_FIELDS = {"hostname", "address", "ssh_port", "username", "password", "private_key",
