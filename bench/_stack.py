@@ -26,7 +26,7 @@ def real_stack(*, nats_sync_always: bool = True) -> Iterator[tuple[str, str]]:
 
             n = start_nats(tmp / "nats", sync_always=nats_sync_always)
             stops.append(n.stop)
-            nats_url = n.url
+            nats_url = n.operator_url  # the benchmark's own clients log in as the operator
         if not db_url:
             from labfleet.embedded import start_postgres
 

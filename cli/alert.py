@@ -28,6 +28,7 @@ from labfleet.shared.events.alert import (
 )
 
 from .health import resolve_nats_url
+from .stack import redact_url
 
 app = typer.Typer(name="alert", help="Alerts raised by the alerter: list, show, acknowledge.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -67,7 +68,7 @@ def _ask(data_dir: Path | None, command: Any, reply_type: Any) -> Any:
     except (NatsTimeout, asyncio.TimeoutError):
         _fail("the alerter did not answer within 10 s")
     except (OSError, nats.errors.Error) as exc:
-        _fail(f"cannot reach NATS at {url}: {exc or type(exc).__name__}")
+        _fail(f"cannot reach NATS at {redact_url(url)}: {exc or type(exc).__name__}")
     if not reply.ok:
         error = reply.error
         _fail(f"{error.message}" + (f" — {error.hint}" if error.hint else ""))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import nats
 import typer
@@ -15,9 +15,12 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from labfleet.shared.events.system import Ping, Pong
+from labfleet.shared.natsauth.identities import IdentityStore, connect_options, with_password
+from labfleet.shared.natsauth.permissions import OPERATOR
 from labfleet.shared.settings import load_settings
 
 from .datadir import RunFiles
+from .stack import redact_url
 from .registry import SERVICE_NAMES, UnknownService, is_present
 
 
@@ -27,14 +30,15 @@ async def ping_service(nc: nats.NATS, name: str, timeout: float) -> Pong:
     return Pong.model_validate_json(msg.data)
 
 
-async def ping_all(nats_url: str, names: list[str], timeout: float) -> dict[str, Pong | str]:
+async def ping_all(nats_url: str, names: list[str], timeout: float,
+                   login: dict[str, Any] | None = None) -> dict[str, Pong | str]:
     """Each name's Pong, or what went wrong as a sentence."""
     async def quiet(_: Exception) -> None:  # the caller reports failures in one sentence
         return None
 
     # one attempt per server; (0 would mean "retry forever" to nats-py)
     nc = await nats.connect(nats_url, connect_timeout=timeout, allow_reconnect=False,
-                            max_reconnect_attempts=1, error_cb=quiet)
+                            max_reconnect_attempts=1, error_cb=quiet, **(login or {}))
     try:
         async def one(name: str) -> Pong | str:
             try:
@@ -51,11 +55,29 @@ async def ping_all(nats_url: str, names: list[str], timeout: float) -> dict[str,
 
 
 def resolve_nats_url(data_dir: Path | None) -> str | None:
-    """LABFLEET_NATS_URL, else the NATS of a `labfleet up` running on the data dir."""
+    """LABFLEET_NATS_URL, else the NATS of a `labfleet up` running on the data dir, with
+    the operator's password from that data directory (never printed: see redact_url)."""
+    url, _ = resolve_nats(data_dir)
+    return url
+
+
+def resolve_nats(data_dir: Path | None, identity: str | None = None
+                 ) -> tuple[str | None, dict[str, Any]]:
+    """Where NATS is and how to log in: a seed given by LABFLEET_NATS_SEED_FILE (a
+    service's own container) as ``identity``, else the URL as given, else the operator
+    of the `labfleet up` running on the data directory."""
     settings = load_settings()
     if settings.nats_url:
-        return settings.nats_url
-    return RunFiles(data_dir or settings.data_dir).read_endpoints().get("nats_url")
+        if settings.nats_seed_file and identity:
+            servers, options = connect_options(settings, identity)
+            return ",".join(servers), options
+        return settings.nats_url, {}
+    folder = data_dir or settings.data_dir
+    url = RunFiles(folder).read_endpoints().get("nats_url")
+    store = IdentityStore(folder / "nats" / "identities")
+    if url and store.operator_password_path.exists():
+        url = with_password(url, OPERATOR, store.operator_password())
+    return url, {}
 
 
 def health(
@@ -69,7 +91,7 @@ def health(
     if service is not None and service not in SERVICE_NAMES:
         typer.echo(f"labfleet health: {UnknownService(service)}", err=True)
         raise typer.Exit(2)
-    url = resolve_nats_url(data_dir)
+    url, login = resolve_nats(data_dir, service)
     if not url:
         typer.echo("labfleet health: LABFLEET_NATS_URL is not set and no `labfleet up` is "
                    "running on the data dir: set it to the NATS server the services use",
@@ -80,9 +102,9 @@ def health(
         typer.echo("labfleet health: no service is built yet", err=True)
         raise typer.Exit(1)
     try:
-        results = asyncio.run(ping_all(url, names, timeout))
+        results = asyncio.run(ping_all(url, names, timeout, login))
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
-        typer.echo(f"labfleet health: cannot reach NATS at {url}: {exc or type(exc).__name__}",
+        typer.echo(f"labfleet health: cannot reach NATS at {redact_url(url)}: {exc or type(exc).__name__}",
                    err=True)
         raise typer.Exit(1) from None
     healthy = True

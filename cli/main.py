@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "qemu_host",
     "builds",
     "artifacts",
+    "nats_identities",
 )
 
 

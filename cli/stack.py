@@ -56,11 +56,21 @@ class Stack:
             return int(self.postgres.server.get_pid())
         return None
 
+    @property
+    def operator_url(self) -> str:
+        """The URL the supervisor itself uses (pings): the operator's, when embedded."""
+        return self.nats.operator_url if self.nats is not None else self.nats_url
+
+    @property
+    def identity_dir(self) -> Path | None:
+        return self.nats.identity_dir if self.nats is not None else None
+
     def describe(self) -> list[str]:
         lines = []
         if self.nats is not None:
             lines.append(f"NATS: embedded nats-server (pid {self.nats.process.pid}) at "
-                         f"{self.nats_url}, JetStream store {self.nats.store_dir}")
+                         f"{self.nats_url}, JetStream store {self.nats.store_dir}, identities "
+                         f"{self.nats.identity_dir} (every service logs in with its own)")
         else:
             lines.append(f"NATS: {redact_url(self.nats_url)} (from LABFLEET_NATS_URL)")
         if self.postgres is not None:

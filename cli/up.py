@@ -134,6 +134,10 @@ def _service_env(settings: Settings, data_dir: Path, port: int, stack: Stack,
         "LABFLEET_HTTP_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
     })
+    if stack.identity_dir is not None:
+        # each service picks its own seed, <dir>/<service>.nk, from here
+        env["LABFLEET_NATS_IDENTITY_DIR"] = str(stack.identity_dir)
+        env.pop("LABFLEET_NATS_SEED_FILE", None)
     if "LABFLEET_LOG_JSON" not in os.environ and sys.stdout.isatty():
         env["LABFLEET_LOG_JSON"] = "false"  # a person is reading: plain lines
     return env
@@ -156,7 +160,7 @@ async def _supervise(specs: list[ChildSpec], stack: Stack, run_files: RunFiles, 
         loop.add_signal_handler(sig, on_signal, sig)
     await supervisor.start()
     announce = asyncio.create_task(
-        _announce_when_ready(supervisor, stack.nats_url, [s.name for s in specs], out,
+        _announce_when_ready(supervisor, stack.operator_url, [s.name for s in specs], out,
                              http_url, data_dir, demo))
     try:
         await stop.wait()

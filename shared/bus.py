@@ -57,6 +57,8 @@ from .dispatch import (  # noqa: F401 - re-exported: handlers import them from t
     normalise_fetch_timeouts,
 )
 from .events.envelope import Command, Event, Message, Reply
+from .natsauth.identities import connect_options
+from .natsauth.permissions import inbox_prefix
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,8 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("ENV", ["env.*"]),
     StreamSpec("DEPLOY", ["deploy.*"]),
     StreamSpec("ALERT", ["alert.*"]),
+    #: jobs submitted by external tooling (a CI system); its own id dedupes retries
+    StreamSpec("JOB", ["job.*"]),
     StreamSpec("SAMPLES", ["sample.>"], max_age_s=DAY),
     StreamSpec("LOGS", ["log.>"], max_age_s=30 * DAY),
     StreamSpec("DEADLETTER", ["deadletter.>"], max_age_s=90 * DAY),
@@ -155,15 +159,17 @@ class Bus:
         normalise_fetch_timeouts()
         hand_over_partial_batches()
 
+        # a comma-separated URL lists the cluster's seed servers; the service logs in
+        # with its own NATS identity (see shared/natsauth)
+        servers, login = connect_options(settings, service)
         broker = NatsBroker(
-            # a comma-separated URL lists the cluster's seed servers
-            [u.strip() for u in settings.require_nats().split(",") if u.strip()],
+            servers,
             middlewares=[NatsTelemetryMiddleware()],
             graceful_timeout=15.0,
             # per-message "Received/Processed" lines cost more than a handler at thousands
             # of events per second; they are kept at DEBUG, errors are logged by us
             log_level=logging.DEBUG,
-            **broker_kwargs,
+            **{**login, **broker_kwargs},
         )
         dispatcher = Dispatcher(settings)
         events = NatsRouter(middlewares=[dispatcher.middleware()])
@@ -228,6 +234,9 @@ class Bus:
             pull_sub=PullSub(batch_size=batch_size, timeout=0.5, batch=True),
             ack_policy=AckPolicy.MANUAL,
             title=f"{durable}:{subj}",
+            # fetched messages arrive on this identity's private inbox (faststream would
+            # use the shared ``_INBOX.``, which no service identity may subscribe to)
+            inbox_prefix=f"{inbox_prefix(self.service)}.".encode(),
         )
 
         def register(fn: Callable[..., Awaitable[Any]]) -> Any:

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     # Where things live
     data_dir: Path = Field(default_factory=default_data_dir)
     nats_url: str | None = None
+    #: the NKEY seed this process logs in to NATS with (compose: the service's secret)
+    nats_seed_file: Path | None = None
+    #: a folder of seeds named ``<service>.nk`` (``labfleet up`` points every service here)
+    nats_identity_dir: Path | None = None
+    #: the CA that signed the NATS servers' certificates, for TLS to the cluster
+    nats_tls_ca_file: Path | None = None
     database_url: str | None = None
 
     # Bus behaviour

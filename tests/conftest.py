@@ -36,19 +36,59 @@ def service_tmp() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def nats_url(service_tmp: Path) -> Iterator[str]:
-    url = os.environ.get("LABFLEET_NATS_URL")
-    if url:
-        print(f"\n[labfleet tests] NATS: using LABFLEET_NATS_URL={url}")
-        yield url
+def nats_server(service_tmp: Path):  # type: ignore[no-untyped-def]
+    """The embedded nats-server with its identities; None when LABFLEET_NATS_URL is given."""
+    if os.environ.get("LABFLEET_NATS_URL"):
+        yield None
         return
     from labfleet.embedded import start_nats
 
     server = start_nats(service_tmp / "nats")
     why = "a Docker engine answers, but" if _docker_answers() else "no Docker engine answers;"
-    print(f"\n[labfleet tests] NATS: {why} using an embedded nats-server at {server.url}")
-    yield server.url
+    print(f"\n[labfleet tests] NATS: {why} using an embedded nats-server at {server.url} "
+          "(services log in with their own identities, tests as the operator)")
+    yield server
     server.stop()
+    report_permission_violations(server.log_path)
+
+
+def report_permission_violations(log_path: Path) -> None:
+    """Print what the server refused during the session, by identity, so a missing grant
+    in shared/natsauth/permissions.py shows up next to the test that needed it."""
+    import re
+
+    seen: dict[str, int] = {}
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        if "Violation" in line and "labfleet-" in line:
+            name = re.search(r'"[^"]*labfleet-([\w-]+)"', line)
+            what = re.search(r'(Publish|Subscription) Violation.*?Subject "([^"]+)"', line)
+            if name and what:
+                key = f"{name.group(1)}: {what.group(1).lower()} {what.group(2)}"
+                seen[key] = seen.get(key, 0) + 1
+    if seen:
+        print("\n[labfleet tests] NATS refused (identity: action subject ×count):")
+        for key, count in sorted(seen.items()):
+            print(f"  {key} ×{count}")
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server) -> str:  # type: ignore[no-untyped-def]
+    """The URL tests connect with: the operator's (the password is in it)."""
+    if nats_server is None:
+        url = os.environ["LABFLEET_NATS_URL"]
+        print("\n[labfleet tests] NATS: using LABFLEET_NATS_URL")
+        return url
+    return str(nats_server.operator_url)
+
+
+@pytest.fixture(scope="session")
+def nats_identity_dir(nats_server) -> Path | None:  # type: ignore[no-untyped-def]
+    """Where the services' NATS seeds are (None on a server given from outside)."""
+    return None if nats_server is None else nats_server.identity_dir
 
 
 @pytest.fixture(scope="session")
@@ -74,12 +114,14 @@ def unique() -> str:
 
 
 @pytest.fixture
-def settings_factory(nats_url: str, database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+def settings_factory(nats_url: str, database_url: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+                     nats_identity_dir: Path | None):
     from labfleet.shared.settings import Settings
 
     def make(**overrides: object) -> Settings:
         base: dict[str, object] = dict(
             nats_url=nats_url, database_url=database_url, data_dir=tmp_path / "data",
+            nats_identity_dir=nats_identity_dir,
             log_json=False, redelivery_backoff_s=[0.1, 0.2, 0.3], max_deliver=3,
             ack_wait_s=10.0,
         )

@@ -23,6 +23,7 @@ import pytest
 from nats.js.api import StreamConfig
 
 from labfleet.cli.registry import load_all
+from labfleet.cli.stack import redact_url
 from labfleet.embedded.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -103,6 +104,15 @@ class Up:
             self.proc.wait()
 
 
+def operator_url(data_dir: Path) -> str:
+    """The running stack's NATS as its admin reaches it (the CLI's own lookup)."""
+    from labfleet.cli.health import resolve_nats_url
+
+    url = resolve_nats_url(data_dir)
+    assert url and "operator:" in url, url
+    return url
+
+
 async def write_state(nats_url: str, database_url: str, token: str) -> None:
     nc = await nats.connect(nats_url)
     try:
@@ -157,7 +167,7 @@ def test_up_supervises_stops_cleanly_and_keeps_state(tmp_path: Path, unique: str
         assert second.returncode == 1
         assert f"pid {first.proc.pid}" in second.stderr and "already running" in second.stderr
 
-        asyncio.run(write_state(endpoints["nats_url"], endpoints["database_url"], unique))
+        asyncio.run(write_state(operator_url(data_dir), endpoints["database_url"], unique))
 
         if "gateway" in services:
             r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
@@ -196,7 +206,7 @@ def test_up_supervises_stops_cleanly_and_keeps_state(tmp_path: Path, unique: str
     try:
         again.wait_for(READY, 120)
         endpoints = json.loads((data_dir / "run" / "endpoints.json").read_text())
-        data, rows = asyncio.run(read_state(endpoints["nats_url"], endpoints["database_url"],
+        data, rows = asyncio.run(read_state(operator_url(data_dir), endpoints["database_url"],
                                             unique))
         assert data == unique.encode()
         assert rows == [unique]
@@ -218,7 +228,9 @@ def test_up_uses_configured_servers_and_starts_none(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     up = None
     try:
-        env_urls = {"LABFLEET_NATS_URL": nats_server.url, "LABFLEET_DATABASE_URL": postgres.url}
+        # a server run by someone else: the services log in as its URL says
+        env_urls = {"LABFLEET_NATS_URL": nats_server.operator_url,
+                    "LABFLEET_DATABASE_URL": postgres.url}
         os.environ.update(env_urls)
         try:
             up = Up(data_dir, free_port(), tmp_path / "up.log", keep_urls=True)
@@ -227,13 +239,14 @@ def test_up_uses_configured_servers_and_starts_none(tmp_path: Path) -> None:
                 os.environ.pop(key)
         up.wait_for(READY, 120)
         text = up.text
-        assert f"NATS: {nats_server.url} (from LABFLEET_NATS_URL)" in text
+        assert f"NATS: {redact_url(nats_server.operator_url)} (from LABFLEET_NATS_URL)" in text
+        assert nats_server.identities.operator_password() not in text
         assert "(from LABFLEET_DATABASE_URL)" in text
         assert "embedded" not in text
         assert not (data_dir / "nats").exists() and not (data_dir / "postgres").exists()
         services = [e.name for e in load_all() if e.available]
         if services:  # they answer on the configured NATS, so they were handed its URL
-            pongs = asyncio.run(_ping(nats_server.url, services))
+            pongs = asyncio.run(_ping(nats_server.operator_url, services))
             assert all(not isinstance(p, str) for p in pongs.values()), pongs
         assert up.interrupt() == 0
     finally:

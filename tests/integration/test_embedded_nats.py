@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 async def test_a_server_left_running_is_stopped_before_another_starts(tmp_path: Path) -> None:
     data = tmp_path / "nats"
     first = start_nats(data)  # its supervisor dies: nobody stops it
-    nc = await nats.connect(first.url)
+    nc = await nats.connect(first.operator_url)
     js = nc.jetstream()
     await js.add_stream(name="KEEP", subjects=["keep.>"])
     await js.publish("keep.one", b"kept")
@@ -24,7 +24,7 @@ async def test_a_server_left_running_is_stopped_before_another_starts(tmp_path: 
     try:
         second = start_nats(data)
         assert first.process.wait(15) is not None  # the orphan was stopped first
-        nc = await nats.connect(second.url)
+        nc = await nats.connect(second.operator_url)
         info = await nc.jetstream().stream_info("KEEP")
         assert info.state.messages == 1  # the store carried over, written by one server
         await nc.close()
@@ -48,7 +48,7 @@ async def test_every_write_is_synced_unless_a_benchmark_asks_for_natss_default(
     try:
         conf = (tmp_path / "nats" / "nats.conf").read_text()
         assert ("sync_interval: always" in conf) is sync_always
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(server.operator_url)
         js = nc.jetstream()
         await js.add_stream(name="SYNCED", subjects=["synced.>"])
         ack = await js.publish("synced.one", b"stored")
