@@ -25,6 +25,7 @@ from .routes import (
     api_artifacts,
     api_build_servers,
     api_builds,
+    api_docs,
     api_environments,
     api_qemu_hosts,
     api_tokens,
@@ -36,6 +37,7 @@ from .routes import (
     pages_servers,
     system,
 )
+from .security_headers import SecurityHeadersMiddleware
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -129,7 +131,8 @@ def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
 
 
 def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
-    app = FastAPI(title="labfleet gateway", version=VERSION,
+    # /docs is served by routes.api_docs from local files; FastAPI's own pages use a CDN
+    app = FastAPI(title="labfleet gateway", version=VERSION, docs_url=None, redoc_url=None,
                   description="REST API of labfleet: build servers, builds and artifacts. "
                               "Every /api/v1 call needs `Authorization: Bearer <token>`.")
     app.state.gateway = gateway
@@ -140,7 +143,7 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
     app.include_router(api)
-    for router in (system.router, pages_auth.router, pages_servers.router, pages_builds.router,
+    for router in (system.router, api_docs.router, pages_auth.router, pages_servers.router, pages_builds.router,
                    pages_environments.router, pages_alerts.router, pages_qemu_hosts.router):
         app.include_router(router)
         route_templates.update(_templates(router, ""))
@@ -148,6 +151,8 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(SessionMiddleware, secret_key=session_secret,
                        session_cookie=SESSION_COOKIE, max_age=int(SESSION_TTL.total_seconds()),
-                       same_site="lax", https_only=False)
+                       same_site="lax", https_only=gateway.settings.https)
+    # outermost but for the metrics: error pages and static files get the headers too
+    app.add_middleware(SecurityHeadersMiddleware, session_cookie=SESSION_COOKIE)
     app.add_middleware(MetricsMiddleware, gateway=gateway, templates=route_templates)
     return app
