@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import SESSION_TTL
+from .auth import SESSION_COOKIE, SESSION_TTL
 from .context import Gateway
+from .csrf import CsrfRefused, verify_csrf
 from .deps import LoginRequired
 from .domain.errors import ApiError
 from .routes import (
@@ -41,7 +42,6 @@ from .security_headers import SecurityHeadersMiddleware
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-SESSION_COOKIE = "labfleet_session"
 API_PREFIX = "/api/v1"
 
 
@@ -101,6 +101,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
         return RedirectResponse(f"/login?next={quote(exc.next_url, safe='')}", status_code=303)
 
+    @app.exception_handler(CsrfRefused)
+    async def csrf_refused(request: Request, exc: CsrfRefused) -> Any:
+        if _wants_html(request):
+            gw: Gateway = request.app.state.gateway
+            return gw.templates.TemplateResponse(
+                request, "error.html", {"user": None, "status": 403, "message": exc.message,
+                                        "hint": exc.hint}, status_code=403)
+        return _error(403, "csrf_refused", exc.message, exc.hint)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
@@ -133,6 +142,7 @@ def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
 def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
     # /docs is served by routes.api_docs from local files; FastAPI's own pages use a CDN
     app = FastAPI(title="labfleet gateway", version=VERSION, docs_url=None, redoc_url=None,
+                  dependencies=[Depends(verify_csrf)],
                   description="REST API of labfleet: build servers, builds and artifacts. "
                               "Every /api/v1 call needs `Authorization: Bearer <token>`.")
     app.state.gateway = gateway
@@ -143,8 +153,8 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
     app.include_router(api)
-    for router in (system.router, api_docs.router, pages_auth.router, pages_servers.router, pages_builds.router,
-                   pages_environments.router, pages_alerts.router, pages_qemu_hosts.router):
+    for router in (system.router, api_docs.router, pages_auth.router, pages_servers.router,
+                   pages_builds.router, pages_environments.router, pages_alerts.router, pages_qemu_hosts.router):
         app.include_router(router)
         route_templates.update(_templates(router, ""))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -18,6 +18,7 @@ from .domain.errors import unauthorized
 
 log = logging.getLogger(__name__)
 
+SESSION_COOKIE = "labfleet_session"
 SESSION_KEY = "sid"
 SESSION_TTL = timedelta(days=7)
 
