@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import SESSION_COOKIE, SESSION_TTL
+from .auth import SESSION_COOKIE, SESSION_TTL, dummy_password_hash
 from .context import Gateway
 from .csrf import CsrfRefused, verify_csrf
 from .deps import LoginRequired
@@ -146,6 +146,7 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
                   description="REST API of labfleet: build servers, builds and artifacts. "
                               "Every /api/v1 call needs `Authorization: Bearer <token>`.")
     app.state.gateway = gateway
+    dummy_password_hash()  # made now, so the first log-in of an unknown name is not slower
     api = APIRouter(prefix=API_PREFIX)
     route_templates: dict[Any, str] = {}
     for module in (api_build_servers, api_builds, api_artifacts, api_environments,
