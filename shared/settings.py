@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     #: the gateway is reached over HTTPS (directly or through a TLS proxy): the session
     #: cookie is then sent only over HTTPS (``Secure``)
     https: bool = False
+    #: serve /metrics without an API token even when the gateway listens beyond loopback
+    metrics_public: bool = False
 
     # Lab interaction
     ssh_connect_timeout_s: float = 10.0
