@@ -43,6 +43,11 @@ from .security_headers import SecurityHeadersMiddleware
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 API_PREFIX = "/api/v1"
+#: the routers under API_PREFIX, and those at the root (pages, operations)
+API_ROUTES = (api_build_servers, api_builds, api_artifacts, api_environments, api_tokens,
+              api_alerts, api_qemu_hosts)
+ROOT_ROUTES = (system, api_docs, pages_auth, pages_servers, pages_builds, pages_environments,
+               pages_alerts, pages_qemu_hosts)
 
 
 class MetricsMiddleware:
@@ -149,15 +154,13 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
     dummy_password_hash()  # made now, so the first log-in of an unknown name is not slower
     api = APIRouter(prefix=API_PREFIX)
     route_templates: dict[Any, str] = {}
-    for module in (api_build_servers, api_builds, api_artifacts, api_environments,
-                   api_tokens, api_alerts, api_qemu_hosts):
+    for module in API_ROUTES:
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
     app.include_router(api)
-    for router in (system.router, api_docs.router, pages_auth.router, pages_servers.router,
-                   pages_builds.router, pages_environments.router, pages_alerts.router, pages_qemu_hosts.router):
-        app.include_router(router)
-        route_templates.update(_templates(router, ""))
+    for module in ROOT_ROUTES:
+        app.include_router(module.router)
+        route_templates.update(_templates(module.router, ""))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_error_handlers(app)
     app.add_middleware(SessionMiddleware, secret_key=session_secret,

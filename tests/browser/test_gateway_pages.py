@@ -228,3 +228,21 @@ async def test_build_page_streams_the_log_live_and_offers_the_artifact(
         assert saved.read_bytes() == payload
     assert violations == [], violations
     await context.close()
+
+
+async def test_api_page_renders_swagger_ui_from_the_gateway_alone(
+        gateway: RunningGateway, browser) -> None:  # type: ignore[no-untyped-def]
+    context = await browser.new_context()
+    page = await context.new_page()
+    violations = watch_csp(page)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    await page.goto(f"{gateway.base_url}/docs")
+    title = page.locator(".swagger-ui .info .title")
+    await title.wait_for(timeout=15_000)
+    assert "labfleet gateway" in await title.inner_text()
+    await page.locator(".opblock-tag", has_text="build servers").first.wait_for()
+    assert requested and all(url.startswith(gateway.base_url) or url.startswith("data:")
+                             for url in requested), requested
+    assert violations == [], violations
+    await context.close()
