@@ -57,5 +57,5 @@ class LoginThrottle:
             times.popleft()
         if len(times) < allowed:
             return 0.0
-        lockout = min(self.first_lockout_s * 2 ** (len(times) - allowed), self.window_s)
+        lockout = min(self.first_lockout_s * 2.0 ** (len(times) - allowed), self.window_s)
         return max(0.0, times[-1] + lockout - now)

@@ -13,7 +13,12 @@ from labfleet.shared.events.health import HealthChanged, HealthStatus
 from labfleet.shared.events.resource import ResourceKind
 
 from .test_alerter import alerter, publish, smtp  # noqa: F401
-from .test_gateway_support import RunningGateway, browser_log_in, csrf_from_form, gateway  # noqa: F401
+from .test_gateway_support import (  # noqa: F401 - gateway is the shared fixture
+    RunningGateway,
+    browser_log_in,
+    csrf_from_form,
+    gateway,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -208,8 +208,8 @@ def assert_security_headers(r: httpx.Response, what: str) -> None:
     assert r.headers.get("referrer-policy") == "same-origin", what
 
 
-INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.I)
-INLINE_HANDLER = re.compile(r"<[^>]+\s(on[a-z]+|hx-on[:\w-]*|style)\s*=", re.I)
+INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE)
+INLINE_HANDLER = re.compile(r"<[^>]+\s(on[a-z]+|hx-on[:\w-]*|style)\s*=", re.IGNORECASE)
 
 
 def concrete(path: str) -> str:
