@@ -75,8 +75,17 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def own_origin(request: Request) -> str:
+    """The gateway's origin as the browser sees it: the Host the request names, over
+    HTTPS when LABFLEET_HTTPS says a TLS proxy stands in front (a proxy that does not
+    pass ``X-Forwarded-Proto`` would otherwise make every form look cross-site)."""
+    url = request.url
+    https = url.scheme == "https" or request.app.state.gateway.settings.https
+    return f"{'https' if https else url.scheme}://{url.netloc}".lower()
+
+
 def _check_origin(request: Request) -> None:
-    own = _origin(str(request.base_url))
+    own = own_origin(request)
     origin = request.headers.get("origin")
     if origin is not None:
         if origin.lower() != own:

@@ -112,6 +112,26 @@ async def test_cross_site_posts_are_refused_and_same_site_forms_work(
         assert made.status_code == 201, made.text
 
 
+async def test_behind_a_tls_proxy_the_own_origin_is_https(gateway: RunningGateway) -> None:
+    gw: Any = gateway.gateway
+    plain = gw.settings
+    host = gateway.base_url.removeprefix("http://")
+    try:
+        gw.settings = plain.model_copy(update={"https": True})
+        async with gateway.anonymous() as http:
+            token = csrf_from_form((await http.get("/login")).text)
+            form = {"username": "admin", "password": gateway.admin_password,
+                    "csrf_token": token}
+            downgraded = await http.post("/login", data=form,
+                                         headers={"Origin": f"http://{host}"})
+            assert downgraded.status_code == 403
+            assert f"(https://{host})" in downgraded.json()["error"]["message"]
+            ok = await http.post("/login", data=form, headers={"Origin": f"https://{host}"})
+            assert ok.status_code == 303
+    finally:
+        gw.settings = plain
+
+
 async def test_login_form_needs_its_token(gateway: RunningGateway) -> None:
     async with gateway.anonymous() as http:
         # another site logging the browser into an account of the attacker's choosing
