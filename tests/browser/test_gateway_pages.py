@@ -171,6 +171,22 @@ async def test_registration_form_shows_errors_by_the_field_and_the_fingerprint(
             await page.locator("#registered").wait_for(timeout=10_000)
         assert await page.locator("#fingerprint").inner_text() == "SHA256:abcdef"
         assert "4 cores" in await page.locator("#registered").inner_text()
+
+        # a page older than the session's token (a log-in in another tab): refused, and
+        # the form says so instead of failing silently
+        await page.evaluate("""() => {
+            document.querySelector('meta[name=csrf-token]').content = 'stale';
+            document.querySelectorAll('input[name=csrf_token]').forEach(i => i.value = 'stale');
+        }""")
+        await fill()
+        async with responder(gateway.nc, RegisterBuildServer.subject,
+                             fixed(RegistrationReply(ok=True, resource=view))) as commands:
+            await page.click("form.register button[type=submit]")
+            note = page.locator(".request-error")
+            await note.wait_for(timeout=10_000)
+        assert "CSRF token" in await note.inner_text()
+        assert "reload the page" in await note.inner_text()
+        assert commands == []
     assert violations == [], violations
     await context.close()
 

@@ -39,6 +39,31 @@
     form.appendChild(field);
   });
 
+  // htmx swaps only 2xx answers: a refused form (a stale CSRF token, say) would fail
+  // silently, so the refusal and what to do are shown above it
+  document.addEventListener("htmx:responseError", function (event) {
+    var form = event.detail.elt;
+    if (!form || form.tagName !== "FORM") {
+      return;
+    }
+    var xhr = event.detail.xhr;
+    var text = "The gateway refused this form (HTTP " + xhr.status + ").";
+    try {
+      var error = JSON.parse(xhr.responseText).error;
+      text = error.message + (error.hint ? " — " + error.hint : "");
+    } catch (e) {
+      // not a JSON error body: keep the status line
+    }
+    var note = form.previousElementSibling;
+    if (!note || !note.classList.contains("request-error")) {
+      note = document.createElement("p");
+      note.className = "error request-error";
+      note.setAttribute("role", "alert");
+      form.parentNode.insertBefore(note, form);
+    }
+    note.textContent = text;
+  });
+
   // Forms that ask before they go: <form data-confirm="Decommission x?">
   document.addEventListener("submit", function (event) {
     var form = event.target;
