@@ -2,11 +2,12 @@
 #   docker run labfleet:latest run scheduler      (see docker-compose.yml)
 # `labfleet health <service>` is the health check of each container.
 
-# The web UI's htmx and its SSE extension come from the npm registry, as infra/setup.sh
-# fetches them for a checkout (they are not kept in the repository)
+# The web UI's htmx, its SSE extension and the API page's Swagger UI come from the npm
+# registry, as infra/setup.sh fetches them for a checkout (they are not kept in the
+# repository)
 FROM node:20-bookworm-slim AS webui
 WORKDIR /webui
-RUN npm install --no-audit --no-fund --silent htmx.org@2 htmx-ext-sse@2
+RUN npm install --no-audit --no-fund --silent htmx.org@2 htmx-ext-sse@2 swagger-ui-dist@5
 
 FROM python:3.11-slim-bookworm
 
@@ -27,7 +28,9 @@ COPY cli ./cli
 COPY infra ./infra
 COPY services ./services
 COPY --from=webui /webui/node_modules/htmx.org/dist/htmx.min.js \
-     /webui/node_modules/htmx-ext-sse/dist/sse.js ./services/gateway/static/vendor/
+     /webui/node_modules/htmx-ext-sse/dist/sse.js \
+     /webui/node_modules/swagger-ui-dist/swagger-ui-bundle.js \
+     /webui/node_modules/swagger-ui-dist/swagger-ui.css ./services/gateway/static/vendor/
 RUN pip install . && rm -rf /src
 
 RUN useradd --system --create-home --home-dir /var/lib/labfleet labfleet

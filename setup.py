@@ -33,8 +33,9 @@ setup(
     packages=packages,
     package_dir=package_dir,
     package_data={name: ["*.html", "*.js", "*.css", "*.ini", "*.mako", "templates/*", "static/*",
-                         # htmx, fetched from npm by infra/setup.sh (and the image's build)
-                         "static/vendor/*.js",
+                         # htmx and Swagger UI, fetched from npm by infra/setup.sh (and
+                         # the image's build)
+                         "static/vendor/*.js", "static/vendor/*.css",
                          "**/*.sql", "*.json", "*.yaml", "*.sh", "*.c", "*.config",
                          # Alembic's env and revisions sit in folders without __init__.py;
                          # a non-editable install (the container image) needs them too

@@ -43,17 +43,22 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ setup.py -nt "$stam
   .venv/bin/python -c "import labfleet.shared, labfleet.cli" 
   touch "$stamp"
 fi
-# The web UI's small JavaScript (htmx and its SSE extension) comes from the npm registry,
-# copied into the gateway's static folder (not kept in the repository).
+# The web UI's small JavaScript (htmx and its SSE extension) and the API page's Swagger UI
+# come from the npm registry, copied into the gateway's static folder (not kept in the
+# repository).
 vendor=services/gateway/static/vendor
-if [ ! -f "$vendor/htmx.min.js" ] || [ ! -f "$vendor/sse.js" ]; then
+if [ ! -f "$vendor/htmx.min.js" ] || [ ! -f "$vendor/sse.js" ] \
+   || [ ! -f "$vendor/swagger-ui-bundle.js" ] || [ ! -f "$vendor/swagger-ui.css" ]; then
   if command -v npm >/dev/null; then
-    echo "setup: fetching htmx for the web UI (npm)"
+    echo "setup: fetching htmx and Swagger UI for the web UI (npm)"
     npmdir=.venv/npm
     mkdir -p "$npmdir"
-    npm install --prefix "$npmdir" --no-audit --no-fund --silent htmx.org@2 htmx-ext-sse@2 >/dev/null
+    npm install --prefix "$npmdir" --no-audit --no-fund --silent \
+      htmx.org@2 htmx-ext-sse@2 swagger-ui-dist@5 >/dev/null
     cp "$npmdir/node_modules/htmx.org/dist/htmx.min.js" "$vendor/htmx.min.js"
     cp "$npmdir/node_modules/htmx-ext-sse/dist/sse.js" "$vendor/sse.js"
+    cp "$npmdir/node_modules/swagger-ui-dist/swagger-ui-bundle.js" \
+       "$npmdir/node_modules/swagger-ui-dist/swagger-ui.css" "$vendor/"
   else
     echo "setup: npm not found; the web UI works without live updates until htmx is installed" >&2
   fi

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     session_secret: SecretStr | None = None
+    #: the gateway is reached over HTTPS (directly or through a TLS proxy): the session
+    #: cookie is then sent only over HTTPS (``Secure``)
+    https: bool = False
+    #: serve /metrics without an API token even when the gateway listens beyond loopback
+    metrics_public: bool = False
 
     # Lab interaction
     ssh_connect_timeout_s: float = 10.0

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
@@ -16,8 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .auth import SESSION_TTL
+from .auth import SESSION_COOKIE, SESSION_TTL, dummy_password_hash
 from .context import Gateway
+from .csrf import CsrfRefused, verify_csrf
 from .deps import LoginRequired
 from .domain.errors import ApiError
 from .routes import (
@@ -25,6 +26,7 @@ from .routes import (
     api_artifacts,
     api_build_servers,
     api_builds,
+    api_docs,
     api_environments,
     api_qemu_hosts,
     api_tokens,
@@ -36,11 +38,16 @@ from .routes import (
     pages_servers,
     system,
 )
+from .security_headers import SecurityHeadersMiddleware
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
-SESSION_COOKIE = "labfleet_session"
 API_PREFIX = "/api/v1"
+#: the routers under API_PREFIX, and those at the root (pages, operations)
+API_ROUTES = (api_build_servers, api_builds, api_artifacts, api_environments, api_tokens,
+              api_alerts, api_qemu_hosts)
+ROOT_ROUTES = (system, api_docs, pages_auth, pages_servers, pages_builds, pages_environments,
+               pages_alerts, pages_qemu_hosts)
 
 
 class MetricsMiddleware:
@@ -99,6 +106,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
         return RedirectResponse(f"/login?next={quote(exc.next_url, safe='')}", status_code=303)
 
+    @app.exception_handler(CsrfRefused)
+    async def csrf_refused(request: Request, exc: CsrfRefused) -> Any:
+        if _wants_html(request):
+            gw: Gateway = request.app.state.gateway
+            return gw.templates.TemplateResponse(
+                request, "error.html", {"user": None, "status": 403, "message": exc.message,
+                                        "hint": exc.hint}, status_code=403)
+        return _error(403, "csrf_refused", exc.message, exc.hint)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
@@ -129,25 +145,28 @@ def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
 
 
 def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
-    app = FastAPI(title="labfleet gateway", version=VERSION,
+    # /docs is served by routes.api_docs from local files; FastAPI's own pages use a CDN
+    app = FastAPI(title="labfleet gateway", version=VERSION, docs_url=None, redoc_url=None,
+                  dependencies=[Depends(verify_csrf)],
                   description="REST API of labfleet: build servers, builds and artifacts. "
                               "Every /api/v1 call needs `Authorization: Bearer <token>`.")
     app.state.gateway = gateway
+    dummy_password_hash()  # made now, so the first log-in of an unknown name is not slower
     api = APIRouter(prefix=API_PREFIX)
     route_templates: dict[Any, str] = {}
-    for module in (api_build_servers, api_builds, api_artifacts, api_environments,
-                   api_tokens, api_alerts, api_qemu_hosts):
+    for module in API_ROUTES:
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
     app.include_router(api)
-    for router in (system.router, pages_auth.router, pages_servers.router, pages_builds.router,
-                   pages_environments.router, pages_alerts.router, pages_qemu_hosts.router):
-        app.include_router(router)
-        route_templates.update(_templates(router, ""))
+    for module in ROOT_ROUTES:
+        app.include_router(module.router)
+        route_templates.update(_templates(module.router, ""))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_error_handlers(app)
     app.add_middleware(SessionMiddleware, secret_key=session_secret,
                        session_cookie=SESSION_COOKIE, max_age=int(SESSION_TTL.total_seconds()),
-                       same_site="lax", https_only=False)
+                       same_site="lax", https_only=gateway.settings.https)
+    # outermost but for the metrics: error pages and static files get the headers too
+    app.add_middleware(SecurityHeadersMiddleware, session_cookie=SESSION_COOKIE)
     app.add_middleware(MetricsMiddleware, gateway=gateway, templates=route_templates)
     return app

@@ -7,17 +7,20 @@ compared by hash in constant time (``domain.credentials``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import secrets
 from datetime import timedelta
 
 from fastapi import Request
 
 from .adapters.accounts import Accounts, User
-from .domain.credentials import BearerSecret, parse_bearer, verify_password
+from .domain.credentials import BearerSecret, hash_password, parse_bearer, verify_password
 from .domain.errors import unauthorized
 
 log = logging.getLogger(__name__)
 
+SESSION_COOKIE = "labfleet_session"
 SESSION_KEY = "sid"
 SESSION_TTL = timedelta(days=7)
 
@@ -48,15 +51,22 @@ async def user_from_session(accounts: Accounts, request: Request) -> User | None
     return await accounts.user_for_session(bearer) if bearer else None
 
 
+@functools.cache
+def dummy_password_hash() -> str:
+    """A hash no password matches, checked for unknown users so that they cost as much
+    as known ones (otherwise the answer's delay tells which user names exist)."""
+    return hash_password(secrets.token_urlsafe(32))
+
+
 async def log_in(accounts: Accounts, request: Request, username: str, password: str
                  ) -> User | None:
-    found = await accounts.password_hash(username)
-    if found is None:
-        return None
-    user, hashed = found
+    found = await accounts.password_hash(username) if username else None
+    hashed = found[1] if found is not None else dummy_password_hash()
     # scrypt is deliberately slow: keep it off the event loop
-    if not await asyncio.to_thread(verify_password, password, hashed):
+    matches = await asyncio.to_thread(verify_password, password, hashed)
+    if found is None or not matches:
         return None
+    user = found[0]
     session = await accounts.create_session(user, SESSION_TTL)
     request.session.clear()
     request.session[SESSION_KEY] = session.text

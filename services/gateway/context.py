@@ -12,6 +12,7 @@ from labfleet.shared.settings import Settings
 from .adapters.accounts import Accounts
 from .adapters.live import LiveHub
 from .adapters.state import SharedState
+from .login_throttle import LoginThrottle
 from .metrics import Metrics
 
 
@@ -28,3 +29,5 @@ class Gateway:
     asyncapi: dict[str, Any] | None = field(default=None)
     #: the S3-compatible artifact store, when configured (LABFLEET_S3_*)
     s3: S3Store | None = None
+    #: failed log-ins by user name and client address
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)

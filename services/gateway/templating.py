@@ -6,6 +6,8 @@ from pathlib import Path
 
 from fastapi.templating import Jinja2Templates
 
+from .csrf import csrf_field_global, csrf_token_global
+
 TEMPLATES = Path(__file__).parent / "templates"
 VENDOR = Path(__file__).parent / "static" / "vendor"
 
@@ -44,5 +46,8 @@ def make_templates() -> Jinja2Templates:
     env.filters["human_bytes"] = human_bytes
     env.filters["ago"] = ago
     env.filters["pct"] = pct
+    # every form's CSRF field: {{ csrf_field() }} (see csrf.py)
+    env.globals["csrf_field"] = csrf_field_global
+    env.globals["csrf_token"] = csrf_token_global
     env.globals["htmx_installed"] = (VENDOR / "htmx.min.js").exists()
     return templates

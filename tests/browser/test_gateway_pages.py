@@ -51,6 +51,16 @@ async def browser():  # type: ignore[no-untyped-def]
             await chromium.close()
 
 
+def watch_csp(page) -> list[str]:  # type: ignore[no-untyped-def]
+    """What the browser reports as refused by the Content-Security-Policy, as it happens."""
+    violations: list[str] = []
+    page.on("console", lambda msg: violations.append(msg.text)
+            if "Content Security Policy" in msg.text else None)
+    page.on("pageerror", lambda exc: violations.append(str(exc))
+            if "Content Security Policy" in str(exc) else None)
+    return violations
+
+
 async def log_in(page, gateway: RunningGateway) -> None:  # type: ignore[no-untyped-def]
     await page.goto(f"{gateway.base_url}/build-servers")
     assert "/login" in page.url  # pages need a session
@@ -82,6 +92,7 @@ async def test_dashboard_row_updates_live_when_a_sample_arrives(
             ok=True, resources=[watched, other]))):
         context = await browser.new_context()
         page = await context.new_page()
+        violations = watch_csp(page)
         await log_in(page, gateway)
         cookie = next(c for c in await context.cookies() if c["name"] == "labfleet_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
@@ -90,6 +101,9 @@ async def test_dashboard_row_updates_live_when_a_sample_arrives(
         await row.wait_for()
         cpu = row.locator("[data-metric=cpu] .num")
         assert await cpu.inner_text() == "12%"
+        # the bar's width comes from static/app.js (the policy refuses style="" attributes)
+        cpu_bar = row.locator("[data-metric=cpu] .bar span")
+        assert await cpu_bar.evaluate("el => el.style.width") == "12%"
         await page.evaluate("window.__not_reloaded = true")
         # the SSE stream is open once the hub counts the browser as a client
         deadline = time.monotonic() + 10
@@ -100,16 +114,20 @@ async def test_dashboard_row_updates_live_when_a_sample_arrives(
         published = time.monotonic()
         await js.publish(f"sample.build_server.{watched.resource_id}",
                          sample(watched.resource_id, 87.0).model_dump_json().encode())
+        cell = f"#server-{watched.resource_id} [data-metric=cpu]"
         await page.wait_for_function(
-            f"document.querySelector('#server-{watched.resource_id} [data-metric=cpu] .num')"
-            ".textContent.trim() === '87%'", timeout=10_000)
+            f"() => document.querySelector('{cell} .num').textContent.trim() === '87%'",
+            timeout=10_000)
         latency = time.monotonic() - published
         assert await page.evaluate("window.__not_reloaded === true")
         assert "(3 cc)" in await row.locator("[data-metric=active]").inner_text()
+        # the swapped-in row's bar is drawn too
+        assert await page.locator(f"{cell} .bar span").evaluate("el => el.style.width") == "87%"
         other_cpu = page.locator(f"#server-{other.resource_id} [data-metric=cpu] .num")
         assert await other_cpu.inner_text() == "–"
         print(f"\n[gateway] sample → browser row updated in {latency * 1000:.0f} ms")
         assert latency < 10.0
+        assert violations == [], violations
         await context.close()
 
 
@@ -119,6 +137,7 @@ async def test_registration_form_shows_errors_by_the_field_and_the_fingerprint(
     gateway.gateway.hub.forget_resources()
     context = await browser.new_context()
     page = await context.new_page()
+    violations = watch_csp(page)
     async with responder(gateway.nc, "resource.cmd.list",
                          fixed(ResourceListReply(ok=True, resources=[]))):
         await log_in(page, gateway)
@@ -152,6 +171,23 @@ async def test_registration_form_shows_errors_by_the_field_and_the_fingerprint(
             await page.locator("#registered").wait_for(timeout=10_000)
         assert await page.locator("#fingerprint").inner_text() == "SHA256:abcdef"
         assert "4 cores" in await page.locator("#registered").inner_text()
+
+        # a page older than the session's token (a log-in in another tab): refused, and
+        # the form says so instead of failing silently
+        await page.evaluate("""() => {
+            document.querySelector('meta[name=csrf-token]').content = 'stale';
+            document.querySelectorAll('input[name=csrf_token]').forEach(i => i.value = 'stale');
+        }""")
+        await fill()
+        async with responder(gateway.nc, RegisterBuildServer.subject,
+                             fixed(RegistrationReply(ok=True, resource=view))) as commands:
+            await page.click("form.register button[type=submit]")
+            note = page.locator(".request-error")
+            await note.wait_for(timeout=10_000)
+        assert "CSRF token" in await note.inner_text()
+        assert "reload the page" in await note.inner_text()
+        assert commands == []
+    assert violations == [], violations
     await context.close()
 
 
@@ -181,6 +217,7 @@ async def test_build_page_streams_the_log_live_and_offers_the_artifact(
     await put(1, "fetching <repo>\n")
     context = await browser.new_context(accept_downloads=True)
     page = await context.new_page()
+    violations = watch_csp(page)
     async with responder(gateway.nc, "resource.cmd.list",
                          fixed(ResourceListReply(ok=True, resources=[]))), \
             responder(gateway.nc, "build.cmd.get",
@@ -189,11 +226,12 @@ async def test_build_page_streams_the_log_live_and_offers_the_artifact(
         await page.goto(f"{gateway.base_url}/builds/{build_id}")
         log = page.locator("#log")
         await page.wait_for_function(
-            "document.querySelector('#log').textContent.includes('fetching <repo>')",
+            "() => document.querySelector('#log').textContent.includes('fetching <repo>')",
             timeout=10_000)
         await put(2, "compiling\n")
         await page.wait_for_function(
-            "document.querySelector('#log').textContent.includes('compiling')", timeout=10_000)
+            "() => document.querySelector('#log').textContent.includes('compiling')",
+            timeout=10_000)
         current["view"] = done
         await put(3, "done\n", eof=True)
         await page.get_by_role("link", name="Image").wait_for(timeout=10_000)
@@ -204,4 +242,23 @@ async def test_build_page_streams_the_log_live_and_offers_the_artifact(
         download = await download_info.value
         saved = Path(await download.path())
         assert saved.read_bytes() == payload
+    assert violations == [], violations
+    await context.close()
+
+
+async def test_api_page_renders_swagger_ui_from_the_gateway_alone(
+        gateway: RunningGateway, browser) -> None:  # type: ignore[no-untyped-def]
+    context = await browser.new_context()
+    page = await context.new_page()
+    violations = watch_csp(page)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    await page.goto(f"{gateway.base_url}/docs")
+    title = page.locator(".swagger-ui .info .title")
+    await title.wait_for(timeout=15_000)
+    assert "labfleet gateway" in await title.inner_text()
+    await page.locator(".opblock-tag", has_text="build servers").first.wait_for()
+    assert requested and all(url.startswith((gateway.base_url, "data:"))
+                             for url in requested), requested
+    assert violations == [], violations
     await context.close()

@@ -13,7 +13,12 @@ from labfleet.shared.events.health import HealthChanged, HealthStatus
 from labfleet.shared.events.resource import ResourceKind
 
 from .test_alerter import alerter, publish, smtp  # noqa: F401
-from .test_gateway_support import RunningGateway, gateway  # noqa: F401
+from .test_gateway_support import (  # noqa: F401 - gateway is the shared fixture
+    RunningGateway,
+    browser_log_in,
+    csrf_from_form,
+    gateway,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +66,7 @@ async def test_alert_api_page_stream_badge_and_healthz(
 
     # a browser session: the page, the badge, and a live row over SSE
     async with gateway.anonymous() as browser:
-        login = await browser.post("/login", data={"username": "admin",
-                                                   "password": gateway.admin_password})
+        login = await browser_log_in(browser, "admin", gateway.admin_password)
         assert login.status_code == 303
         seen: list[str] = []
         resource_id = uuid.uuid4()
@@ -90,6 +94,9 @@ async def test_alert_api_page_stream_badge_and_healthz(
         page = await browser.get("/alerts")
         assert page.status_code == 200 and "unreachable" in page.text
         assert "Acknowledge" in page.text
+        # the page's rows carry the session's token (the stream's rows get it from app.js)
+        token = csrf_from_form(page.text)
+        assert f'/acknowledge"><input type="hidden" name="csrf_token" value="{token}">' in page.text
         badge = await browser.get("/alerts/badge")
         assert 'class="badge"' in badge.text and int(badge.text.split(">")[1].split("<")[0]) >= 1
 

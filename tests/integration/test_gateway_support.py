@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,25 @@ class RunningGateway:
 
     def anonymous(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=30.0)
+
+
+CSRF_FIELD = re.compile(r'<input type="hidden" name="csrf_token" value="([^"]+)">')
+
+
+def csrf_from_form(html: str) -> str:
+    """The CSRF token a browser sends with the page's form: its hidden field."""
+    found = CSRF_FIELD.search(html)
+    assert found, "the page has no form carrying a CSRF token"
+    return found.group(1)
+
+
+async def browser_log_in(http: httpx.AsyncClient, username: str, password: str,
+                         next_url: str = "/") -> httpx.Response:
+    """Log in the way a browser does: open the login page, send its form back."""
+    page = await http.get("/login")
+    return await http.post("/login", data={"username": username, "password": password,
+                                           "next": next_url,
+                                           "csrf_token": csrf_from_form(page.text)})
 
 
 def read_credentials(path: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from .test_gateway_support import RunningGateway, gateway  # noqa: F401
+from .test_gateway_support import RunningGateway, browser_log_in, gateway  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +69,7 @@ async def test_register_through_the_api_then_watch_it_live(
             assert entry["in_force"] and entry["cpu_cores"] == detail["capabilities"]["cpu_cores"]
             assert windows["cores_in_maintenance"] >= entry["cpu_cores"]
             async with gateway.anonymous() as browser:
-                login = await browser.post("/login", data={
-                    "username": "admin", "password": gateway.admin_password, "next": "/"})
+                login = await browser_log_in(browser, "admin", gateway.admin_password)
                 assert login.status_code == 303
                 page = await browser.get(f"/build-servers/{server_id}")
                 assert page.status_code == 200 and "In maintenance" in page.text

@@ -30,8 +30,10 @@ class _AlertFact(BaseModel):
     alert: AlertView
 
 
-def render_alert_row(gw: Gateway, alert: AlertView) -> str:
-    return gw.templates.get_template("_alert_row.html").render(a=alert)
+def render_alert_row(gw: Gateway, alert: AlertView, request: Request | None = None) -> str:
+    """A row of the page (``request`` given: its form carries the session's CSRF token)
+    or of the live stream, shared by every browser (app.js adds the token on submit)."""
+    return gw.templates.get_template("_alert_row.html").render(a=alert, request=request)
 
 
 @router.get("/alerts", response_class=HTMLResponse)
@@ -41,7 +43,7 @@ async def alerts_page(request: Request, gw: GatewayDep, user: PageUser) -> Respo
     open_count = 0
     try:
         reply = await list_alerts(gw, [], 200)
-        rows = [render_alert_row(gw, a) for a in reply.alerts]
+        rows = [render_alert_row(gw, a, request) for a in reply.alerts]
         open_count = reply.open_count
     except ApiError as exc:
         error = exc

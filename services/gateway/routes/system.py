@@ -1,15 +1,18 @@
 """Operations endpoints: liveness of every service, the AsyncAPI document, metrics."""
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .. import handlers
 from ..asyncapi import build_asyncapi, channel_rows
+from ..auth import user_from_bearer
 from ..deps import GatewayDep
+from ..domain.errors import ApiError
 from ..models import HealthReport
 
 router = APIRouter(tags=["system"])
@@ -43,8 +46,31 @@ async def asyncapi_page(gw: GatewayDep, request: Request) -> HTMLResponse:
         "missing": document.get("x-labfleet-missing", {})})
 
 
+def listens_on_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 @router.get("/metrics", include_in_schema=False)
-async def metrics(gw: GatewayDep) -> Response:
+async def metrics(gw: GatewayDep,
+                  authorization: Annotated[str | None, Header()] = None) -> Response:
+    """Open when only this machine can reach the gateway or LABFLEET_METRICS_PUBLIC is
+    set; otherwise it needs an API token (request counts, routes and failures tell an
+    outsider more about the lab than it should)."""
+    settings = gw.settings
+    if not (settings.metrics_public or listens_on_loopback(settings.http_host)):
+        if not authorization:
+            raise ApiError(403, "metrics_not_public",
+                           f"/metrics is not public: the gateway listens on "
+                           f"{settings.http_host}, beyond this machine",
+                           hint="send `Authorization: Bearer <token>` (in Prometheus: "
+                                "`authorization: {credentials: <token>}`), or set "
+                                "LABFLEET_METRICS_PUBLIC=true")
+        await user_from_bearer(gw.accounts, authorization)
     gw.metrics.sse_clients.set(len(gw.hub.clients))
     gw.metrics.cached_samples.set(len(gw.hub.samples))
     return Response(generate_latest(gw.metrics.registry), media_type=CONTENT_TYPE_LATEST)
