@@ -44,6 +44,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import CpuMeter, median, real_stack  # noqa: E402
+from labfleet.cli.stack import redact_url  # noqa: E402
 
 MB = 1_000_000
 
@@ -305,7 +306,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         plain = PlainSftp(sshd, tmp)
         plain.start()
         with real_stack() as (nats_url, db_url):
-            say(f"NATS {nats_url}; starting the gateway")
+            say(f"NATS {redact_url(nats_url)}; starting the gateway")
             gateway = Gateway(nats_url, db_url, tmp / "gateway")
             nc = await nats.connect(nats_url)
             await ensure_streams(nc.jetstream())

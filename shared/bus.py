@@ -22,12 +22,14 @@ from typing import Any, TypeVar
 
 import nats.js.errors
 from faststream import AckPolicy
+from faststream.security import BaseSecurity
 from faststream.nats import (
     ConsumerConfig,
     DeliverPolicy,
     JStream,
     NatsBroker,
     NatsMessage,
+    NatsNKey,
     NatsRouter,
     PullSub,
     StorageType,
@@ -162,6 +164,11 @@ class Bus:
         # a comma-separated URL lists the cluster's seed servers; the service logs in
         # with its own NATS identity (see shared/natsauth)
         servers, login = connect_options(settings, service)
+        seed, tls = login.pop("nkeys_seed", None), login.pop("tls", None)
+        if seed is not None:
+            broker_kwargs.setdefault("security", NatsNKey.from_file(seed, ssl_context=tls))
+        elif tls is not None:
+            broker_kwargs.setdefault("security", BaseSecurity(ssl_context=tls))
         broker = NatsBroker(
             servers,
             middlewares=[NatsTelemetryMiddleware()],
