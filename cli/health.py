@@ -37,7 +37,8 @@ async def ping_all(nats_url: str, names: list[str], timeout: float,
         return None
 
     # one attempt per server; (0 would mean "retry forever" to nats-py)
-    nc = await nats.connect(nats_url, connect_timeout=timeout, allow_reconnect=False,
+    servers = [u.strip() for u in nats_url.split(",") if u.strip()]
+    nc = await nats.connect(servers, connect_timeout=timeout, allow_reconnect=False,
                             max_reconnect_attempts=1, error_cb=quiet, **(login or {}))
     try:
         async def one(name: str) -> Pong | str:
@@ -68,8 +69,9 @@ def resolve_nats(data_dir: Path | None, identity: str | None = None
     of the `labfleet up` running on the data directory."""
     settings = load_settings()
     if settings.nats_url:
-        if settings.nats_seed_file and identity:
-            servers, options = connect_options(settings, identity)
+        if settings.nats_seed_file or settings.nats_tls_ca_file:
+            # a service's container: its own seed, and the cluster's CA for TLS
+            servers, options = connect_options(settings, identity or OPERATOR)
             return ",".join(servers), options
         return settings.nats_url, {}
     folder = data_dir or settings.data_dir

@@ -7,7 +7,6 @@ the new identity works at once; hand the seed file to the tool (it is its passwo
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -53,11 +52,12 @@ def _reload_server(folder: Path) -> str:
         return ("no embedded nats-server configuration here yet: the identity takes effect "
                 "when `labfleet up` starts")
     write_config(conf)
-    if pid is None:
-        return "the embedded nats-server is not running: the identity takes effect at its start"
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGHUP)
-        return f"the embedded nats-server (pid {pid}) re-read its configuration"
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGHUP)
+            return f"the embedded nats-server (pid {pid}) re-read its configuration"
+        except ProcessLookupError:
+            pass
     return "the embedded nats-server is not running: the identity takes effect at its start"
 
 

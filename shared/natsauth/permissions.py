@@ -23,7 +23,7 @@ the server.  What the rules protect:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: the streams ``shared/bus.py`` defines (kept here, not imported, so the policy reads alone;
 #: a test checks both agree)
@@ -86,7 +86,6 @@ class ServiceNeeds:
     kv_reads: tuple[str, ...] = ()
     objects_write: bool = False
     objects_read: bool = False
-    extra_denies: tuple[str, ...] = field(default_factory=tuple)
 
 
 SERVICES: dict[str, ServiceNeeds] = {
@@ -192,7 +191,7 @@ def service_grant(name: str, needs: ServiceNeeds, *, artifact_bucket: str = "art
                  *needs.listens]
     deny = [subject for subject, senders in SECRET_COMMANDS.items() if name not in senders]
     return Grant(publish=tuple(dict.fromkeys(publish)), subscribe=tuple(dict.fromkeys(subscribe)),
-                 deny_publish=tuple(deny) + needs.extra_denies, allow_responses=True)
+                 deny_publish=tuple(deny), allow_responses=True)
 
 
 def external_grant() -> Grant:
