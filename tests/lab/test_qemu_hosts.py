@@ -45,7 +45,11 @@ from labfleet.shared.events.resource import (
 from labfleet.shared.ssh import Credentials
 from pydantic import SecretStr
 
-from tests.integration.test_gateway_support import gateway  # noqa: F401 - a fixture
+from tests.integration.test_gateway_support import (  # noqa: F401 - gateway: a fixture
+    browser_log_in,
+    csrf_from_form,
+    gateway,
+)
 from tests.lab.conftest import _missing
 
 pytestmark = pytest.mark.lab
@@ -417,11 +421,14 @@ async def test_gateway_api_pages_and_cli(qlab, services, gateway) -> None:  # ty
             "private_key": key_of(qlab), "guest_architectures": ["x86_64", "riscv64"],
             "libvirt_uri": h["libvirt_uri"], "labels": {"lab": "emulated"}}
     async with gateway.anonymous() as browser:
-        await browser.post("/login", data={"username": "admin",
-                                           "password": gateway.admin_password, "next": "/"})
+        login = await browser_log_in(browser, "admin", gateway.admin_password)
+        assert login.status_code == 303
+        # the registration form sent back as a browser would, with its CSRF token
+        blank = await browser.get("/qemu-hosts")
         form = await browser.post("/qemu-hosts", data={
             "hostname": name("form"), "address": h["address"], "ssh_port": "22",
-            "username": "lab", "auth": "password", "password": "wrong-secret"})
+            "username": "lab", "auth": "password", "password": "wrong-secret",
+            "csrf_token": csrf_from_form(blank.text)})
         assert form.status_code == 422
         assert 'id="error-password"' in form.text, form.text[-3000:]
         assert "wrong-secret" not in form.text  # secrets are never echoed back
@@ -469,8 +476,7 @@ async def test_gateway_api_pages_and_cli(qlab, services, gateway) -> None:  # ty
         assert code == 1 and "unknown guest architecture sparc" in err
 
         async with gateway.anonymous() as browser:
-            login = await browser.post("/login", data={
-                "username": "admin", "password": gateway.admin_password, "next": "/"})
+            login = await browser_log_in(browser, "admin", gateway.admin_password)
             assert login.status_code == 303
             page = await browser.get("/qemu-hosts")
             assert page.status_code == 200 and body["hostname"] in page.text
