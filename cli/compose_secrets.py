@@ -258,6 +258,11 @@ def compose_secrets(
     except (SecretsError, IdentityError) as exc:
         typer.echo(f"labfleet nats compose-secrets: {exc}", err=True)
         raise typer.Exit(1) from None
+    except OSError as exc:  # a folder owned by the containers' user, a file in the way
+        typer.echo(f"labfleet nats compose-secrets: cannot write {exc.filename or out}: "
+                   f"{exc.strerror or exc} (a folder given to another --owner needs sudo)",
+                   err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"wrote the compose deployment's secrets to {layout.dir} (every file 0600): "
                f"{len(SERVICES)} service seeds, the operator's password, auth.conf, the CA "
                f"and the certificates of {', '.join(NATS_NODES)}")

@@ -215,6 +215,9 @@ def test_compose_secrets_writes_private_keys_and_refuses_to_overwrite(tmp_path: 
     bad = run_cli("--out", str(tmp_path / "other"), "--owner", "labfleet")
     assert bad.exit_code == 1 and "give numeric UID:GID" in bad.output
     assert not (tmp_path / "other").exists()
+    named = run_cli("--out", str(tmp_path / "other"), "--external", "CI Bot")
+    assert named.exit_code == 1 and "external identity name 'CI Bot'" in named.output
+    assert not (tmp_path / "other").exists()
 
     forced = run_cli("--out", str(out), "--force")
     assert forced.exit_code == 0, forced.output
