@@ -33,7 +33,10 @@ COPY --from=webui /webui/node_modules/htmx.org/dist/htmx.min.js \
      /webui/node_modules/swagger-ui-dist/swagger-ui.css ./services/gateway/static/vendor/
 RUN pip install . && rm -rf /src
 
-RUN useradd --system --create-home --home-dir /var/lib/labfleet labfleet
+# a fixed uid:gid: the compose secrets (0600) are given to it with
+# `labfleet nats compose-secrets --owner 10001:10001`
+RUN groupadd --system --gid 10001 labfleet \
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /var/lib/labfleet labfleet
 USER labfleet
 WORKDIR /var/lib/labfleet
 ENV LABFLEET_DATA_DIR=/var/lib/labfleet

@@ -1,4 +1,5 @@
-"""``labfleet nats …``: the bus's identities — list them, issue one to external tooling.
+"""``labfleet nats …``: the bus's identities — list them, issue one to external tooling,
+generate the compose deployment's (``compose-secrets``).
 
 External tooling (a CI system submitting jobs) gets an NKEY of its own: it may publish
 ``job.*`` and read the public event streams, nothing else.  The seed is written into the
@@ -18,6 +19,7 @@ from labfleet.shared.natsauth.identities import IdentityError, IdentityStore
 from labfleet.shared.natsauth.permissions import PUBLIC_STREAMS, SERVICES
 from labfleet.shared.settings import load_settings
 
+from .compose_secrets import compose_secrets
 from .datadir import RunFiles
 
 app = typer.Typer(name="nats", help="The bus's identities: who may publish and read what.",
@@ -30,6 +32,10 @@ DataDir = Annotated[Path | None, typer.Option(
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="nats")
+
+
+# the compose deployment's identities and certificates (cli/compose_secrets.py)
+app.command("compose-secrets")(compose_secrets)
 
 
 def _store(data_dir: Path | None) -> tuple[Path, IdentityStore]:
