@@ -14,8 +14,9 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-from labfleet.shared.events.build import LogChunk
+from labfleet.shared.events.build import LogChunk, log_subject
 from labfleet.shared.events.health import HEALTH_BUCKET, SAMPLES_BUCKET, HealthStatus, HostSample
+from labfleet.shared.logstream import read_chunks
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 log = logging.getLogger(__name__)
@@ -236,42 +237,8 @@ async def _stream_by_consumer(js: Any, obj: StoredObject, subject: str
 # ---- build logs -----------------------------------------------------------------------
 
 
-def log_subject(build_id: uuid.UUID) -> str:
-    return f"log.build.{build_id}"
-
-
-async def read_log(js: Any, build_id: uuid.UUID, *, follow: bool, idle_timeout: float = 2.0,
-                   follow_timeout: float = 3600.0) -> AsyncIterator[LogChunk]:
-    """Chunks of a build's log from the first one on.
-
-    Without ``follow``: what is stored now (stops when nothing more is pending).  With
-    ``follow``: waits for new chunks until one has ``eof=True`` (or ``follow_timeout``).
-    """
-    from nats.js.api import DeliverPolicy
-
-    sub = await js.subscribe(log_subject(build_id), ordered_consumer=True,
-                             deliver_policy=DeliverPolicy.ALL)
-    try:
-        if not follow:
-            # an empty log has nothing pending: ask the stream before waiting on it
-            try:
-                await js.get_last_msg("LOGS", log_subject(build_id))
-            except nats.js.errors.NotFoundError:
-                return
-        loop_deadline = follow_timeout if follow else idle_timeout
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=loop_deadline)
-            except nats.errors.TimeoutError:
-                return
-            try:
-                chunk = LogChunk.model_validate_json(msg.data)
-            except ValidationError:
-                continue
-            yield chunk
-            if chunk.eof:
-                return
-            if not follow and msg.metadata.num_pending == 0:
-                return
-    finally:
-        await sub.unsubscribe()
+def read_log(js: Any, build_id: uuid.UUID, *, follow: bool, idle_timeout: float = 2.0,
+             follow_timeout: float = 3600.0) -> AsyncIterator[LogChunk]:
+    """A build's log chunks (see :func:`labfleet.shared.logstream.read_chunks`)."""
+    return read_chunks(js, log_subject(build_id), LogChunk, follow=follow,
+                       idle_timeout=idle_timeout, follow_timeout=follow_timeout)
