@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labfleet.lab import procs  # process helpers only (no lab is involved)
+from labfleet.shared.artifacts import configured_bucket
 from labfleet.shared.natsauth.identities import IdentityStore, with_password
 
 from .ports import free_port, wait_port
@@ -90,7 +91,7 @@ def write_config(conf: Path, settings_text: str | None = None) -> None:
     identities = IdentityStore(conf.parent / "identities")
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(settings_text + identities.authorization())
+        f.write(settings_text + identities.authorization(artifact_bucket=configured_bucket()))
     os.chmod(conf, 0o600)
 
 

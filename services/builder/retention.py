@@ -10,6 +10,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from labfleet.shared.artifacts import ArtifactReader, ArtifactStoreUnavailable
 from labfleet.shared.bus import error_reply
 from labfleet.shared.events.build import (
     ArtifactInfo,
@@ -18,7 +19,6 @@ from labfleet.shared.events.build import (
     PinBuild,
     TagBuild,
 )
-from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
 
 from .adapters import marks
 from .adapters import repository as repo
@@ -61,19 +61,11 @@ async def tag_build(cmd: TagBuild, deps: BuilderDeps) -> BuildReply:
 
 
 async def _delete_object(deps: BuilderDeps, artifact: ArtifactInfo) -> None:
-    if artifact.backend == "s3":
-        if deps.s3 is None:
-            raise RuntimeError(
-                f"artifact {artifact.object_name} is in the S3 bucket {artifact.bucket}, but "
-                "no S3 store is configured: set the LABFLEET_S3_* settings for the builder")
-        await deps.s3.delete(artifact.object_name, artifact.bucket)  # gone already: no error
-        return
-    bucket, name = artifact.bucket, artifact.object_name
-    store = await deps.bus.js.object_store(bucket)
+    """Gone already (a pass that died after deleting it) is no error: the goal is met."""
     try:
-        await store.delete(name)
-    except (ObjectNotFoundError, ObjectDeletedError, NotFoundError):
-        pass  # gone already (a pass that died after deleting it): the goal is met
+        await ArtifactReader(lambda: deps.bus.js, deps.s3, who="builder").delete(artifact)
+    except ArtifactStoreUnavailable as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 async def expire_artifacts(deps: BuilderDeps, now: datetime | None = None) -> int:
@@ -103,6 +95,6 @@ async def retention_loop(deps: BuilderDeps, interval_s: float) -> None:
     while True:
         try:
             await expire_artifacts(deps)
-        except Exception:  # noqa: BLE001 - tried again at the next tick; the trace is logged
+        except Exception:
             log.exception("retention pass failed")
         await asyncio.sleep(interval_s)

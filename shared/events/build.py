@@ -237,6 +237,10 @@ class LogChunk(BaseModel):
     eof: bool = False
 
 
+def log_subject(build_id: uuid.UUID) -> str:
+    return f"log.build.{build_id}"
+
+
 # ---- commands ------------------------------------------------------------------------
 
 

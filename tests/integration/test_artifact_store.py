@@ -66,40 +66,39 @@ async def test_multi_chunk_artifact_round_trips_with_its_digest(
     assert got.info.options.max_chunk_size == CHUNK
 
     # the gateway's download stream, chunk by chunk, digest checked at the end
-    from labfleet.gateway.adapters import state
+    from labfleet.shared import artifacts as state
 
     obj = state.StoredObject(name="b1/Image", size=len(data), sha256_hex=digest,
-                             nuid=got.info.nuid)
-    original = state.ARTIFACTS_BUCKET
-    state.ARTIFACTS_BUCKET = store.bucket
+                             bucket=store.bucket, nuid=got.info.nuid)
     js = nc.jetstream()
+    assert await streamed(js, obj) == data  # batched direct gets, one batch
+    batch_bytes = state.BATCH_BYTES
+    state.BATCH_BYTES = CHUNK + 1  # a batch of one or two chunks: several batches
+    requests = count_direct_gets(nc)
     try:
-        assert await streamed(js, obj) == data  # batched direct gets, one batch
-        batch_bytes = state.BATCH_BYTES
-        state.BATCH_BYTES = CHUNK + 1  # a batch of one or two chunks: several batches
-        requests = count_direct_gets(nc)
-        try:
-            assert await streamed(js, obj) == data
-        finally:
-            state.BATCH_BYTES = batch_bytes
-            del nc.publish
-        assert 2 <= len(requests) <= 4
-        # a stream that allows no direct gets is read through a consumer
-        info = await js.stream_info(f"OBJ_{store.bucket}")
-        info.config.allow_direct = False
-        await js.update_stream(info.config)
         assert await streamed(js, obj) == data
-        info.config.allow_direct = True
-        await js.update_stream(info.config)
-        # a wrong digest, or chunks gone, fail the stream instead of ending it quietly
-        with pytest.raises(state.ArtifactCorrupt):
-            await streamed(js, state.StoredObject(name="b1/Image", size=len(data),
-                                                  sha256_hex="00" * 32, nuid=got.info.nuid))
-        await js.purge_stream(f"OBJ_{store.bucket}", subject=f"$O.{store.bucket}.C.{obj.nuid}")
-        with pytest.raises(state.ArtifactCorrupt):
-            await streamed(js, obj)
     finally:
-        state.ARTIFACTS_BUCKET = original
+        state.BATCH_BYTES = batch_bytes
+        del nc.publish
+    assert 2 <= len(requests) <= 4
+    # a stream that allows no direct gets is read through a consumer
+    info = await js.stream_info(f"OBJ_{store.bucket}")
+    info.config.allow_direct = False
+    await js.update_stream(info.config)
+    assert await streamed(js, obj) == data
+    info.config.allow_direct = True
+    await js.update_stream(info.config)
+    # a wrong digest, or chunks gone, fail the stream instead of ending it quietly
+    with pytest.raises(state.ArtifactCorrupt):
+        await streamed(js, state.StoredObject(name="b1/Image", size=len(data),
+                                              sha256_hex="00" * 32, bucket=store.bucket,
+                                              nuid=got.info.nuid))
+    # the build's record is what counts, where the caller has one
+    with pytest.raises(state.ArtifactCorrupt, match="the build recorded 1111"):
+        await streamed(js, obj, expect_sha256="11" * 32)
+    await js.purge_stream(f"OBJ_{store.bucket}", subject=f"$O.{store.bucket}.C.{obj.nuid}")
+    with pytest.raises(state.ArtifactCorrupt):
+        await streamed(js, obj)
 
 
 def count_direct_gets(nc: Any) -> list[bytes]:
@@ -119,7 +118,7 @@ def count_direct_gets(nc: Any) -> list[bytes]:
 async def test_a_server_without_batched_direct_gets_is_read_a_chunk_a_request(
         sshd: Any, host: BuildHost, unique: str) -> None:
     """NATS before 2.11 ignores ``batch`` and answers one chunk; the stream goes on."""
-    from labfleet.gateway.adapters import state
+    from labfleet.shared import artifacts as state
 
     try:
         old = await nats.connect(OLD_NATS, connect_timeout=2, allow_reconnect=False)
@@ -138,14 +137,11 @@ async def test_a_server_without_batched_direct_gets_is_read_a_chunk_a_request(
         info = await (await old.jetstream().object_store(bucket)).get_info("b9/Image")
         assert info.chunks == 4  # its max_payload (1 MB) made the chunks 1 MiB
         obj = state.StoredObject(name="b9/Image", size=len(data), sha256_hex=stored.sha256,
-                                 nuid=info.nuid)
-        original = state.ARTIFACTS_BUCKET
-        state.ARTIFACTS_BUCKET = bucket
+                                 bucket=bucket, nuid=info.nuid)
         requests = count_direct_gets(old)
         try:
             assert await streamed(old.jetstream(), obj) == data
         finally:
-            state.ARTIFACTS_BUCKET = original
             del old.publish
             await old.jetstream().delete_object_store(bucket)
         assert len(requests) == 4
@@ -157,11 +153,11 @@ async def test_a_server_without_batched_direct_gets_is_read_a_chunk_a_request(
 OLD_NATS = os.environ.get("LABFLEET_TEST_OLD_NATS_URL", "nats://127.0.0.1:4222")
 
 
-async def streamed(js: Any, obj: Any) -> bytes:
-    from labfleet.gateway.adapters import state
+async def streamed(js: Any, obj: Any, expect_sha256: str | None = None) -> bytes:
+    from labfleet.shared.artifacts import jetstream_stream
 
     out = b""
-    async for chunk in state.stream_artifact(js, obj):
+    async for chunk in jetstream_stream(js, obj, expect_sha256=expect_sha256):
         out += chunk
     return out
 
@@ -228,3 +224,35 @@ async def test_a_file_changed_after_reading_fails_verification(
         await attempt.verify([(str(path), "Image")], [info])
     assert failed.value.code == "artifact_checksum_mismatch"
     assert info.sha256 in str(failed.value)
+
+
+async def test_readers_go_to_the_recorded_bucket(sshd: Any, host: BuildHost,
+                                                 store: ArtifactStore, nc: Any,
+                                                 tmp_path: Path) -> None:
+    """The deployer's fetch and the retention's delete use the bucket the build recorded
+    (here not ``artifacts``), never a default."""
+    from labfleet.deployer.adapters.artifacts import ArtifactMissing, ArtifactSource
+    from labfleet.shared.artifacts import ArtifactReader
+    from labfleet.shared.events.build import ArtifactInfo
+
+    assert store.bucket != "artifacts"
+    data = os.urandom(CHUNK + 99)
+    path = server_file(sshd, "bzImage", data)
+    async with host.sftp() as sftp, sftp.open(str(path), "rb") as remote:
+        stored = await store.upload("b7/bzImage", remote)
+    info = ArtifactInfo(name="bzImage", size=len(data), sha256=stored.sha256,
+                        object_name="b7/bzImage", bucket=store.bucket, backend="jetstream")
+    into = tmp_path / "bzImage"
+    await ArtifactSource(nc.jetstream).fetch(info, into)
+    assert into.read_bytes() == data
+    with pytest.raises(ArtifactMissing, match="the build recorded 0000"):
+        await ArtifactSource(nc.jetstream).fetch(info.model_copy(update={"sha256": "0" * 64}),
+                                                 tmp_path / "bad")
+    with pytest.raises(ArtifactMissing, match="not in the object store bucket artifacts"):
+        await ArtifactSource(nc.jetstream).fetch(info.model_copy(update={"bucket": "artifacts"}),
+                                                 tmp_path / "elsewhere")
+    reader = ArtifactReader(nc.jetstream, who="builder")
+    await reader.delete(info)
+    await reader.delete(info)  # gone already: no error
+    with pytest.raises(ArtifactMissing, match=f"not in the object store bucket {store.bucket}"):
+        await ArtifactSource(nc.jetstream).fetch(info, tmp_path / "gone")

@@ -122,21 +122,23 @@ async def test_a_multipart_upload_through_the_build_path_with_metadata_download_
     obj = await s3.head(image.object_name)
     assert obj.metadata["toolchain"] == METADATA["toolchain"] and obj.sha256_hex == digest
 
-    # the gateway's download: headers, then the bytes streamed and checked
+    # the gateway's download, from the store the build recorded: headers, then the bytes
+    # streamed and checked
     from labfleet.gateway.domain.errors import ApiError
-    from labfleet.gateway.routes.api_artifacts import artifact_response
+    from labfleet.gateway.routes.api_artifacts import recorded_artifact_response
 
-    for default in ("s3", "jetstream"):  # S3 asked first, or after the object store
+    for default in ("s3", "jetstream"):  # the service's default store does not matter
         gw = SimpleNamespace(s3=s3, bus=SimpleNamespace(js=nc.jetstream()),
                              settings=SimpleNamespace(artifact_store=default))
-        response = await artifact_response(gw, attempt.build_id, "Image")  # type: ignore[arg-type]
+        response = await recorded_artifact_response(gw, image)  # type: ignore[arg-type]
         assert response.headers["X-Checksum-SHA256"] == digest
         assert response.headers["Content-Length"] == str(len(data))
         chunks = [c async for c in response.body_iterator]
         assert b"".join(chunks) == data  # type: ignore[arg-type]
         assert max(len(c) for c in chunks) <= 1024 * 1024  # streamed, not read whole
-        with pytest.raises(ApiError) as missing:  # in neither store
-            await artifact_response(gw, attempt.build_id, "nope")  # type: ignore[arg-type]
+        with pytest.raises(ApiError) as missing:  # recorded, but not in its store
+            await recorded_artifact_response(  # type: ignore[arg-type]
+                gw, image.model_copy(update={"object_name": f"{attempt.build_id}/nope"}))
         assert (missing.value.status, missing.value.code) == (404, "not_found")
 
     # the deployer's fetch into a local file, checked against the build's record
@@ -265,7 +267,7 @@ async def test_a_store_that_does_not_answer_is_a_clear_error_everywhere(
         sshd: Any, host: BuildHost, nc: Any, tmp_path: Path) -> None:
     from labfleet.embedded.ports import free_port
     from labfleet.gateway.domain.errors import ApiError
-    from labfleet.gateway.routes.api_artifacts import artifact_response
+    from labfleet.gateway.routes.api_artifacts import recorded_artifact_response
 
     secret = "do-not-show-this-secret"
     down = S3Store(S3Config(endpoint_url=f"http://127.0.0.1:{free_port()}",
@@ -280,15 +282,15 @@ async def test_a_store_that_does_not_answer_is_a_clear_error_everywhere(
         assert down.config.endpoint_url in failed.value.message
         assert "LABFLEET_S3_" in (failed.value.hint or "")
 
+        info = ArtifactInfo(name="Image", size=1000, sha256="0" * 64, bucket="artifacts-down",
+                            object_name=f"{attempt.build_id}/Image", backend="s3")
         gw = SimpleNamespace(s3=down, bus=SimpleNamespace(js=nc.jetstream()),
                              settings=SimpleNamespace(artifact_store="s3"))
         with pytest.raises(ApiError) as refused:
-            await artifact_response(gw, attempt.build_id, "Image")  # type: ignore[arg-type]
+            await recorded_artifact_response(gw, info)  # type: ignore[arg-type]
         assert (refused.value.status, refused.value.code) == (503,
                                                               "artifact_store_unavailable")
 
-        info = ArtifactInfo(name="Image", size=1000, sha256="0" * 64, bucket="artifacts-down",
-                            object_name=f"{attempt.build_id}/Image", backend="s3")
         with pytest.raises(ArtifactMissing, match="the S3 store at .* failed to look up"):
             await ArtifactSource(jetstream=None, s3=down).fetch(info, tmp_path / "Image")
         for message in (failed.value.message, refused.value.message):

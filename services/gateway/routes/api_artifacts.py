@@ -8,11 +8,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
+from labfleet.shared.artifacts import ArtifactNotFound, ArtifactReader, ArtifactStoreUnavailable
+from labfleet.shared.events.build import ArtifactInfo, ArtifactListReply, ListArtifacts
 from labfleet.shared.events.resource import Arch
-from labfleet.shared.s3 import S3ObjectCorrupt, S3ObjectMissing, S3Unavailable
 
 from .. import handlers
-from ..adapters.state import ArtifactNotFound, artifact_info, stream_artifact
+from ..adapters.commands import ask_ok
 from ..context import Gateway
 from ..deps import CurrentUser, GatewayDep
 from ..domain.errors import ApiError
@@ -42,61 +43,35 @@ async def download(build_id: uuid.UUID, gw: GatewayDep, _: CurrentUser,
 
 
 async def artifact_response(gw: Gateway, build_id: uuid.UUID, name: str) -> StreamingResponse:
-    """Stream one stored artifact (the API and the pages share this), from the JetStream
-    object store or, where one is configured, the S3-compatible store: the store new
-    artifacts go to is asked first, the other one holds those stored before a change."""
-    object_name = f"{build_id}/{name}"
-    s3_first = gw.s3 is not None and gw.settings.artifact_store == "s3"
-    for store in ("s3", "jetstream") if s3_first else ("jetstream", "s3"):
-        if store == "jetstream":
-            response = await _from_jetstream(gw, object_name, name)
-        else:
-            response = await _from_s3(gw, object_name, name) if gw.s3 is not None else None
-        if response is not None:
-            return response
-    raise ApiError(404, "not_found", f"no artifact {name!r} is stored for build {build_id}",
-                   hint=f"list them with GET /api/v1/artifacts?build_id={build_id}",
-                   field="name")
+    """Stream one stored artifact (the API and the pages share this) from the store and
+    bucket its build recorded (the JetStream object store or the S3-compatible store)."""
+    reply = await ask_ok(gw.bus, ListArtifacts(build_id=build_id), ArtifactListReply)
+    recorded = next((a for a in reply.artifacts if a.name == name), None)
+    if recorded is None:
+        raise ApiError(404, "not_found", f"no artifact {name!r} is recorded for build {build_id}",
+                       hint=f"list them with GET /api/v1/artifacts?build_id={build_id}",
+                       field="name")
+    return await recorded_artifact_response(gw, recorded)
 
 
-async def _from_jetstream(gw: Gateway, object_name: str, name: str
-                          ) -> StreamingResponse | None:
+async def recorded_artifact_response(gw: Gateway, recorded: ArtifactInfo) -> StreamingResponse:
+    reader = ArtifactReader(lambda: gw.bus.js, gw.s3, who="gateway")
     try:
-        obj = await artifact_info(gw.bus.js, object_name)
-    except ArtifactNotFound:
-        return None
-    return _response(stream_artifact(gw.bus.js, obj), obj.size, obj.sha256_hex, name)
-
-
-async def _from_s3(gw: Gateway, object_name: str, name: str) -> StreamingResponse | None:
-    assert gw.s3 is not None
-    s3 = gw.s3
-    try:
-        obj = await s3.head(object_name)
-    except S3ObjectMissing:
-        return None
-    except S3Unavailable as exc:
-        log.error("artifact store failed", extra={"object": object_name, "error": str(exc)})
+        obj = await reader.stat(recorded)
+    except ArtifactNotFound as exc:
+        raise ApiError(404, "not_found", f"{exc}; it may have expired",
+                       hint="pinned builds keep their artifacts; rebuild to get it again",
+                       field="name") from None
+    except ArtifactStoreUnavailable as exc:
+        log.error("artifact store failed", extra={"object": recorded.object_name,
+                                                  "error": str(exc)})
         raise ApiError(503, "artifact_store_unavailable",
-                       f"the S3 artifact store failed to look up {name!r}; its answer is "
-                       "in the gateway's log",
+                       f"the artifact store failed to look up {recorded.name!r}; its answer "
+                       "is in the gateway's log",
                        hint="try again later; an operator checks the store and the "
                             "gateway's LABFLEET_S3_* settings") from None
-
-    async def body() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in s3.stream(obj):
-                yield chunk
-        except S3ObjectCorrupt as exc:
-            log.error("artifact digest mismatch", extra={"object": object_name,
-                                                         "why": exc.why})
-            raise
-        except S3Unavailable as exc:  # mid-stream: the download is cut short
-            log.error("artifact store failed", extra={"object": object_name,
-                                                      "error": str(exc)})
-            raise
-
-    return _response(body(), obj.size, obj.sha256_hex, name)
+    return _response(reader.stream(obj, expect_sha256=recorded.sha256 or None), obj.size,
+                     recorded.sha256 or obj.sha256_hex, recorded.name)
 
 
 def _response(body: AsyncIterator[bytes], size: int, sha256_hex: str,

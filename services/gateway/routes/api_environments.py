@@ -6,11 +6,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import nats.errors
-import nats.js.errors
 from fastapi import APIRouter, Query, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from labfleet.shared.events.envelope import ErrorInfo
 from labfleet.shared.events.env import (
     ArtifactSelector,
     ConsoleChunk,
@@ -31,7 +28,9 @@ from labfleet.shared.events.env import (
     RollbackEnv,
     console_subject,
 )
-from pydantic import BaseModel, ValidationError
+from labfleet.shared.events.envelope import ErrorInfo
+from labfleet.shared.logstream import read_chunks
+from pydantic import BaseModel
 
 from ..adapters.commands import ask, ask_ok
 from ..context import Gateway
@@ -97,36 +96,12 @@ async def list_hosts(gw: Gateway) -> list[HostChoice]:
     return (await ask_ok(gw.bus, ListEnvHosts(), EnvHostsReply)).hosts
 
 
-async def read_console(js: Any, env_id: uuid.UUID, *, follow: bool, idle_timeout: float = 2.0,
-                       follow_timeout: float = 3600.0) -> AsyncIterator[ConsoleChunk]:
+def read_console(js: Any, env_id: uuid.UUID, *, follow: bool, idle_timeout: float = 2.0,
+                 follow_timeout: float = 3600.0) -> AsyncIterator[ConsoleChunk]:
     """Console chunks from the first one on; with ``follow`` until a deployment's last
     chunk (``eof``) or ``follow_timeout``, otherwise what is stored now."""
-    from nats.js.api import DeliverPolicy
-
-    subject = console_subject(env_id)
-    if not follow:
-        try:
-            await js.get_last_msg("LOGS", subject)
-        except nats.js.errors.NotFoundError:
-            return
-    sub = await js.subscribe(subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=follow_timeout if follow else idle_timeout)
-            except nats.errors.TimeoutError:
-                return
-            try:
-                chunk = ConsoleChunk.model_validate_json(msg.data)
-            except ValidationError:
-                continue
-            yield chunk
-            if follow and chunk.eof and msg.metadata.num_pending == 0:
-                return
-            if not follow and msg.metadata.num_pending == 0:
-                return
-    finally:
-        await sub.unsubscribe()
+    return read_chunks(js, console_subject(env_id), ConsoleChunk, follow=follow,
+                       idle_timeout=idle_timeout, follow_timeout=follow_timeout)
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=EnvAccepted)

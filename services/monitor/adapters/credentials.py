@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import nats.errors
+from labfleet.shared.access import AccessRefused, InventoryDidNotAnswer, ask_access
 from labfleet.shared.bus import Bus
-from labfleet.shared.events.resource import CredentialsReply, GetCredentials
 from labfleet.shared.ssh import Credentials
 
 
@@ -40,20 +39,12 @@ class CredentialCache:
 
     async def _ask(self, resource_id: uuid.UUID) -> Credentials:
         try:
-            reply = await self.bus.request(GetCredentials(resource_id=resource_id),
-                                           CredentialsReply, timeout=self.timeout)
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
-            raise CredentialsUnavailable(
-                f"the inventory did not answer {GetCredentials.subject} within "
-                f"{self.timeout:g}s") from None
-        if not reply.ok or reply.resource is None:
-            error = reply.error
-            raise CredentialsUnavailable(error.message if error else "no credentials",
-                                         error.code if error else "credentials_unavailable")
-        return Credentials(
-            reply.resource.ssh.username,
-            password=reply.password.get_secret_value() if reply.password else None,
-            private_key=reply.private_key.get_secret_value() if reply.private_key else None)
+            return (await ask_access(self.bus, resource_id, timeout=self.timeout)).creds
+        except InventoryDidNotAnswer as exc:
+            raise CredentialsUnavailable(str(exc)) from None
+        except AccessRefused as exc:
+            raise CredentialsUnavailable(exc.error.message if exc.error else "no credentials",
+                                         exc.code) from None
 
     def forget(self, resource_id: uuid.UUID) -> None:
         self._known.pop(resource_id, None)
