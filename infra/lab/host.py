@@ -264,11 +264,11 @@ def start_sshd(host: HostState, paths: LabPaths) -> None:
     host.pids["sshd"] = procs.spawn(
         procs.in_host(host.holder_pid, [SSHD, "-D", "-e", "-f", str(hdir / "ssh" / "sshd_config")]),
         log)
-    if not procs.wait_for(lambda: listening(host, 22), 10):
+    if not procs.wait_for(lambda: _listening(host, 22), 10):
         raise procs.DaemonError(f"host {host.name}: sshd did not start listening", log)
 
 
-def listening(host: HostState, port: int) -> bool:
+def _listening(host: HostState, port: int) -> bool:
     """Whether something listens on port inside the host (read from its /proc/net/tcp)."""
     assert host.holder_pid
     try:
@@ -279,7 +279,7 @@ def listening(host: HostState, port: int) -> bool:
 
 
 def listening(host: HostState, port: int) -> bool:
-    return listening(host, port)
+    return _listening(host, port)
 
 
 def stop_all(host: HostState) -> None:
