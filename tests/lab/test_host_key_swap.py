@@ -95,12 +95,16 @@ async def ask(nc: Any, command: Any, reply_type: Any, timeout: float = 60) -> An
     return reply_type.model_validate_json(msg.data)
 
 
-async def next_change(changes: asyncio.Queue[HealthChanged], want: HealthStatus,
+#: answering polls (the lab's small work disk makes a build server degraded)
+UP = (HealthStatus.ONLINE, HealthStatus.DEGRADED)
+
+
+async def next_change(changes: asyncio.Queue[HealthChanged], want: tuple[HealthStatus, ...],
                       limit_s: float) -> HealthChanged:
     deadline = time.monotonic() + limit_s
     while True:
         change = await asyncio.wait_for(changes.get(), max(0.01, deadline - time.monotonic()))
-        if change.status is want:
+        if change.status in want:
             return change
 
 
@@ -125,14 +129,14 @@ async def test_a_swapped_key_is_reported_within_the_offline_bound(  # type: igno
             requested_by="lab-test"), RegistrationReply, timeout=120)
         assert reply.ok, reply.error
         resource_id = reply.resource.resource_id
-        await next_change(changes, HealthStatus.ONLINE, 30)
+        await next_change(changes, UP, 30)
         old_fp = h["fingerprint"]
 
         swapped = await asyncio.to_thread(fault, klab, h["name"], "host-key-swap")
         swapped_at = time.monotonic()
         new_fp = swapped["fingerprint"]
         assert new_fp != old_fp and "host-key-swap" in swapped["faults"]
-        offline = await next_change(changes, HealthStatus.OFFLINE, OFFLINE_BOUND_S + 5)
+        offline = await next_change(changes, (HealthStatus.OFFLINE,), OFFLINE_BOUND_S + 5)
         took = time.monotonic() - swapped_at
         print(f"\n[measure] swapped host key reported by the monitor after {took:.2f} s "
               f"(poll every {INTERVAL_S:g} s, offline bound {OFFLINE_BOUND_S:g} s)")
@@ -151,12 +155,12 @@ async def test_a_swapped_key_is_reported_within_the_offline_bound(  # type: igno
         assert accepted.ok and accepted.accepted, accepted.error
         assert accepted.previous_fingerprint == old_fp
         accepted_at = time.monotonic()
-        await next_change(changes, HealthStatus.ONLINE, OFFLINE_BOUND_S + 5)
+        await next_change(changes, UP, OFFLINE_BOUND_S + 5)
         print(f"[measure] online again {time.monotonic() - accepted_at:.2f} s after the accept")
 
         restored = await asyncio.to_thread(fault, klab, h["name"], "host-key-restore")
         assert restored["fingerprint"] == old_fp and "host-key-swap" not in restored["faults"]
-        await next_change(changes, HealthStatus.OFFLINE, OFFLINE_BOUND_S + 5)
+        await next_change(changes, (HealthStatus.OFFLINE,), OFFLINE_BOUND_S + 5)
     finally:
         await sub.unsubscribe()
         if resource_id is not None:
