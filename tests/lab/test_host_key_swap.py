@@ -5,7 +5,8 @@ of 5 s and two failed polls to offline: a 10 s offline bound) and watch a build 
 of the emulated lab; the ``host-key-swap`` fault gives its sshd a new key (SIGHUP: the
 monitor's connection stays open).  The monitor must report ``host_key_changed`` with both
 fingerprints within the offline bound; the admin's accept (``resource.cmd.*``) then lets
-the polls go on.  The lab lives in its own directory (``LABFLEET_HOSTKEY_LAB_DIR``),
+the polls go on.  The deployer's kept libvirt connection to a QEMU host is verified
+again on the same schedule (``host_key_recheck_s``).  The lab lives in its own directory (``LABFLEET_HOSTKEY_LAB_DIR``),
 brought down by the last test.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def klab() -> dict[str, Any]:
     from labfleet.lab.paths import LabPaths
 
     paths = LabPaths.from_env(LAB_DIR)
-    labmod.up(labmod.LabSpec(build_servers=1, qemu_hosts=0, boards=0), paths,
+    labmod.up(labmod.LabSpec(build_servers=1, qemu_hosts=1, boards=0), paths,
               say=lambda m: print(f"[lab] {m}"))
     status = labmod.status(paths)
     status["paths"] = paths
@@ -167,6 +168,39 @@ async def test_a_swapped_key_is_reported_within_the_offline_bound(  # type: igno
             await ask(nc, RemoveResource(resource_id=resource_id, requested_by="lab-test"),
                       ResourceReply)
         await nc.close()
+
+
+async def test_the_deployers_kept_libvirt_connection_is_verified_again(  # type: ignore[no-untyped-def]
+        klab, tmp_path) -> None:
+    import uuid
+
+    from labfleet.deployer.adapters.libvirt_host import HostAccess, LibvirtFailed, LibvirtHosts
+    from labfleet.shared.events.resource import ResourceKind, ResourceView, SshTarget
+    from labfleet.shared.ssh import Credentials
+
+    h = next(x for x in klab["hosts"] if x["role"] == "qemu-host")
+    recheck = 1.0
+    view = ResourceView(resource_id=uuid.uuid4(), kind=ResourceKind.QEMU_HOST, name=h["name"],
+                        ssh=SshTarget(address=h["address"], port=h["ssh_port"],
+                                      username=h["user"], host_key=h["host_key"]))
+    access = HostAccess(view.resource_id, view,
+                        Credentials(h["user"], private_key=Path(h["key_path"]).read_text()))
+    hosts = LibvirtHosts(tmp_path / "access", 5.0, host_key_recheck_s=recheck)
+    try:
+        await hosts.domain_names(access)  # opens the connection it keeps
+        swapped = await asyncio.to_thread(fault, klab, h["name"], "host-key-swap")
+        try:
+            await asyncio.sleep(recheck)
+            with pytest.raises(LibvirtFailed) as failed:
+                await hosts.domain_names(access)
+            assert f"pinned {h['fingerprint']}, presented {swapped['fingerprint']}" in \
+                failed.value.detail
+            assert view.resource_id not in hosts._conns  # closed, not used again
+        finally:
+            await asyncio.to_thread(fault, klab, h["name"], "host-key-restore")
+        assert isinstance(await hosts.domain_names(access), list)  # the pinned key again
+    finally:
+        await asyncio.to_thread(hosts.close)
 
 
 def test_zz_lab_down(klab) -> None:  # type: ignore[no-untyped-def]
