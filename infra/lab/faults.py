@@ -7,8 +7,9 @@ per core inside the host; CPU figures in /proc are the machine's, shared by all 
 ``hang``/``resume`` (every process of the host stopped with SIGSTOP: TCP connects, nothing
 answers), ``host-key-swap``/``host-key-restore`` (sshd given a freshly generated host key,
 as a reinstall or someone in between would present, and reloaded with SIGHUP: open
-sessions stay; the original key is kept aside and put back).  Boards: ``hang``/``resume`` (the machine's CPUs paused), ``overheat``/``cool``
-(the temperature the board reports jumps to 95 C / returns to 45 C).  ``clear`` undoes all.
+sessions stay; the original key is kept aside and put back).  Boards: ``hang``/``resume``
+(the machine's CPUs paused), ``overheat``/``cool`` (the temperature the board reports
+jumps to 95 C / returns to 45 C).  ``clear`` undoes all.
 """
 from __future__ import annotations
 

@@ -202,8 +202,9 @@ async def _pinned_host_key(cmd: RegisterBuildServer | RegisterQemuHost,
             "host_key_changed",
             f"the host key of {cmd.address}:{cmd.ssh_port} is {presented}, not the "
             f"{expected} that was accepted",
-            hint="if the host was reinstalled, accept its new key explicitly; otherwise "
-                 "treat this as a possible interception and investigate",
+            hint="if the host was reinstalled, check the presented fingerprint on the host "
+                 "itself and give that one as the expected fingerprint; otherwise treat "
+                 "this as a possible interception and investigate",
             field="expected_host_key_fingerprint",
             details={"presented": presented, "expected": expected})
     return host_key, presented

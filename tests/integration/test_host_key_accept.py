@@ -47,7 +47,8 @@ async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
 
 async def health_of(api: Any, server_id: str) -> dict:
     detail = (await api.get(f"/api/v1/build-servers/{server_id}")).json()
-    return {"status": detail.get("status"), "reason": (detail.get("health") or {}).get("reason", "")}
+    return {"status": detail.get("status"),
+            "reason": (detail.get("health") or {}).get("reason", "")}
 
 
 async def wait_for(api: Any, server_id: str, want: Any, limit_s: float) -> tuple[float, dict]:

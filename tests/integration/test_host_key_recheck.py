@@ -112,7 +112,8 @@ async def test_a_recheck_with_no_handshake_keeps_the_verified_connection(own_ssh
 
 def test_known_hosts_names_port_22_bare_and_others_bracketed() -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK comment"
-    assert known_hosts_line("10.0.0.5", 22, key) == "10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK\n"
+    assert known_hosts_line("10.0.0.5", 22, key) == \
+        "10.0.0.5 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK\n"
     assert known_hosts_line("10.0.0.5", 2222, key) == \
         "[10.0.0.5]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK\n"
 

@@ -6,8 +6,8 @@ of the emulated lab; the ``host-key-swap`` fault gives its sshd a new key (SIGHU
 monitor's connection stays open).  The monitor must report ``host_key_changed`` with both
 fingerprints within the offline bound; the admin's accept (``resource.cmd.*``) then lets
 the polls go on.  The deployer's kept libvirt connection to a QEMU host is verified
-again on the same schedule (``host_key_recheck_s``).  The lab lives in its own directory (``LABFLEET_HOSTKEY_LAB_DIR``),
-brought down by the last test.
+again on the same schedule (``host_key_recheck_s``).  The lab lives in its own directory
+(``LABFLEET_HOSTKEY_LAB_DIR``), brought down by the last test.
 """
 from __future__ import annotations
 

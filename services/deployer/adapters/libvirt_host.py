@@ -8,8 +8,9 @@ in with the credentials inventory handed out — never ``no_verify``.  The wrapp
 
 libvirt-python blocks, so every call runs in a thread; one connection per host is kept
 open, and its host key verified again with a fresh handshake once it is older than
-``host_key_recheck_s`` since its last verification (a changed key closes it).  The console is a libvirt stream read by a thread of its own and handed to the
-event loop chunk by chunk.
+``host_key_recheck_s`` since its last verification (a changed key closes it).  The
+console is a libvirt stream read by a thread of its own and handed to the event loop
+chunk by chunk.
 """
 from __future__ import annotations
 
