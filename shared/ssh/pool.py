@@ -95,10 +95,12 @@ async def probe_host_key(host: str, port: int, timeout: float = 10.0,
             try:
                 key = await asyncssh.get_server_host_key(
                     host, port, **({"server_host_key_algs": algs} if algs else {}))
-            except asyncssh.KeyExchangeFailed:
+            except (asyncssh.KeyExchangeFailed, asyncssh.DisconnectError,
+                    ConnectionResetError):
                 if not algs:
                     raise
-                key = await asyncssh.get_server_host_key(host, port)  # the type is gone
+                # no key of that type any more (OpenSSH drops the connection): any key
+                key = await asyncssh.get_server_host_key(host, port)
     except BaseException as exc:  # noqa: BLE001 - classified
         if isinstance(exc, asyncio.CancelledError):
             raise

@@ -157,3 +157,21 @@ async def test_the_sftp_fallback_names_real_fingerprints(own_sshd: Sshd,
         assert f"pinned {fingerprint(pinned)}, presented {fingerprint(new_key)}" in caplog.text
     finally:
         await pool.close()
+
+
+async def test_a_host_that_no_longer_has_the_pinned_key_type_is_a_changed_key(
+        own_sshd: Sshd) -> None:
+    """Pinned RSA, the host now offers ed25519 only: the handshake asking for RSA fails,
+    the key it does present is compared, and named."""
+    import asyncssh
+    from labfleet.shared.ssh import verify_host_key
+
+    rsa = asyncssh.generate_private_key("ssh-rsa", key_size=2048)
+    pinned = rsa.export_public_key("openssh").decode().strip()
+    with pytest.raises(HostKeyMismatch) as changed:
+        await verify_host_key(own_sshd.host, own_sshd.port, pinned, timeout=5)
+    assert changed.value.expected == fingerprint(pinned)
+    assert changed.value.presented == fingerprint(own_sshd.host_key)
+    # the pinned key of the right type verifies
+    assert (await verify_host_key(own_sshd.host, own_sshd.port, own_sshd.host_key)).split()[:2] \
+        == own_sshd.host_key.split()[:2]
