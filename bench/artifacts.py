@@ -45,6 +45,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import CpuMeter, median, real_stack  # noqa: E402
 from labfleet.cli.stack import redact_url  # noqa: E402
+from labfleet.shared.ssh.openssh import known_hosts_line  # noqa: E402
 
 MB = 1_000_000
 
@@ -82,7 +83,7 @@ class PlainSftp:
         self.sshd = sshd
         self.control = workdir / "ctl.sock"
         known = workdir / "known_hosts"
-        known.write_text(f"[{sshd.host}]:{sshd.port} {sshd.host_key}\n")
+        known.write_text(known_hosts_line(sshd.host, sshd.port, sshd.host_key))
         self.options = ["-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
                         "-o", "BatchMode=yes", "-o", f"ControlPath={self.control}",
                         "-i", str(sshd.private_key_path)]

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "builds",
     "artifacts",
     "nats_identities",
+    "resources",
 )
 
 

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     ssh_command_timeout_s: float = 60.0
     monitor_interval_s: float = 5.0
     offline_after_failures: int = 2
+    #: a pooled SSH (or libvirt) connection whose host key was last verified longer ago
+    #: is verified again with a fresh handshake before it is used; the monitor checks on
+    #: every poll, so a swapped key is reported within the offline bound
+    host_key_recheck_s: float = 5.0
     disk_warning_gb: float = 10.0
     #: a QEMU host with CPU, memory or image storage use above this is degraded (no new VMs)
     host_utilization_warning_pct: float = 85.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -38,6 +39,25 @@ class Sshd:
                 self.process.kill()
                 self.process.wait()
 
+    def swap_host_key(self) -> str:
+        """Give the server a freshly generated host key (as a reinstall, or someone in
+        between, would) and make sshd use it (SIGHUP: sshd re-executes itself with its
+        configuration; open sessions stay).  Returns the new public key line."""
+        for name in ("host_key", "host_key.pub"):
+            (self.workdir / name).unlink(missing_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(self.workdir / "host_key")], check=True)
+        self.host_key = " ".join((self.workdir / "host_key.pub").read_text().split()[:2])
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the re-executed sshd listens again
+            out = subprocess.run(["ssh-keyscan", "-T", "2", "-t", "ed25519", "-p",
+                                  str(self.port), self.host], capture_output=True, text=True)
+            if self.host_key.split()[1] in out.stdout:
+                return self.host_key
+            time.sleep(0.05)
+        raise RuntimeError("sshd did not take the new host key")
+
     def restart(self) -> None:
         self.stop()
         self.process = _spawn(self.workdir)
@@ -51,7 +71,7 @@ def _spawn(workdir: Path) -> subprocess.Popen[bytes]:
                             stderr=open(workdir / "sshd.log", "ab"))  # noqa: SIM115
 
 
-def start_sshd(workdir: Path, host: str = "127.0.0.1") -> Sshd:
+def start_sshd(workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> Sshd:
     if not Path(SSHD).exists():
         raise FileNotFoundError("sshd is not installed (Debian package openssh-server)")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -62,7 +82,7 @@ def start_sshd(workdir: Path, host: str = "127.0.0.1") -> Sshd:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / "user_key")],
                    check=True)
     shutil.copy(workdir / "user_key.pub", workdir / "authorized_keys")
-    port = free_port(host)
+    port = port or free_port(host)
     username = os.environ.get("USER") or "root"
     import pwd
 

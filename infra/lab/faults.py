@@ -5,13 +5,21 @@ Hosts: ``link-down``/``link-up`` (the host's cable: its bridge-side veth),
 filled to 100 % with one allocated file), ``cpu-burn``/``cpu-idle`` (one niced busy loop
 per core inside the host; CPU figures in /proc are the machine's, shared by all hosts),
 ``hang``/``resume`` (every process of the host stopped with SIGSTOP: TCP connects, nothing
-answers).  Boards: ``hang``/``resume`` (the machine's CPUs paused), ``overheat``/``cool``
-(the temperature the board reports jumps to 95 C / returns to 45 C).  ``clear`` undoes all.
+answers), ``host-key-swap``/``host-key-restore`` (sshd given a freshly generated host key,
+as a reinstall or someone in between would present, and reloaded with SIGHUP: open
+sessions stay; the original key is kept aside and put back).  Boards: ``hang``/``resume``
+(the machine's CPUs paused), ``overheat``/``cool`` (the temperature the board reports
+jumps to 95 C / returns to 45 C).  ``clear`` undoes all.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import time
+
+from pathlib import Path
 
 from labfleet.lab import boards, host as hostmod, netns, procs
 from labfleet.lab.paths import LabPaths
@@ -19,7 +27,7 @@ from labfleet.lab.power import qemu_pid
 from labfleet.lab.state import BoardState, HostState, LabState
 
 HOST_FAULTS = {"link-down": "link-up", "sshd-stop": "sshd-start", "disk-fill": "disk-free",
-               "cpu-burn": "cpu-idle", "hang": "resume"}
+               "cpu-burn": "cpu-idle", "hang": "resume", "host-key-swap": "host-key-restore"}
 BOARD_FAULTS = {"hang": "resume", "overheat": "cool"}
 CLEARS = {v: k for k, v in {**HOST_FAULTS, **BOARD_FAULTS}.items()}
 ALL_ACTIONS = sorted({*HOST_FAULTS, *HOST_FAULTS.values(), *BOARD_FAULTS,
@@ -79,6 +87,56 @@ def _apply(h: HostState, fault: str, paths: LabPaths) -> None:
                 for _ in range(os.cpu_count() or 2)]
     elif fault == "hang":
         _signal_host(h, signal.SIGSTOP)
+    elif fault == "host-key-swap":
+        _swap_host_key(h, paths)
+
+
+def _host_key_files(h: HostState, paths: LabPaths) -> tuple[Path, Path]:
+    """The key sshd uses, and where the original is kept while swapped."""
+    key = paths.host_dir(h.name) / "ssh" / "ssh_host_ed25519_key"
+    return key, key.with_name(key.name + ".orig")
+
+
+def _swap_host_key(h: HostState, paths: LabPaths) -> None:
+    key, orig = _host_key_files(h, paths)
+    if not orig.exists():  # swapped again: the original stays the one kept aside
+        shutil.move(key, orig)
+        shutil.move(key.with_name(key.name + ".pub"), orig.with_name(orig.name + ".pub"))
+        h.extra["orig_host_key"] = [h.host_key, h.fingerprint]
+    else:
+        key.unlink(missing_ok=True)
+        key.with_name(key.name + ".pub").unlink(missing_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{h.name}-swapped",
+                    "-f", str(key)], check=True)
+    _use_host_key(h, paths, key)
+
+
+def _restore_host_key(h: HostState, paths: LabPaths) -> None:
+    key, orig = _host_key_files(h, paths)
+    if not orig.exists():
+        return
+    shutil.move(orig, key)
+    shutil.move(orig.with_name(orig.name + ".pub"), key.with_name(key.name + ".pub"))
+    h.extra.pop("orig_host_key", None)
+    _use_host_key(h, paths, key)
+
+
+def _use_host_key(h: HostState, paths: LabPaths, key: Path) -> None:
+    """Record the key in the lab's state and make the host's sshd present it: SIGHUP
+    (sshd re-executes itself and reads its key again; sessions open stay)."""
+    pub = key.with_name(key.name + ".pub").read_text().split()
+    h.host_key = f"{pub[0]} {pub[1]}"
+    h.fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f",
+                                    str(key) + ".pub"], capture_output=True, text=True,
+                                   check=True).stdout.split()[1]
+    pid = h.pids.get("sshd")
+    if not procs.alive(pid):
+        return  # sshd stopped (sshd-stop): it reads the new key when started
+    assert pid is not None
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(0.2)  # the old listening socket closes as sshd re-executes
+    if not procs.wait_for(lambda: hostmod.listening(h, 22), 10):
+        raise FaultError(f"{h.name}: sshd did not listen again after taking the new host key")
 
 
 def _signal_host(h: HostState, sig: signal.Signals) -> None:
@@ -116,6 +174,8 @@ def clear(lab: LabState, h: HostState, fault: str, paths: LabPaths) -> None:
             procs.stop(pid)
     elif fault == "hang":
         _signal_host(h, signal.SIGCONT)
+    elif fault == "host-key-swap":
+        _restore_host_key(h, paths)
     if fault in h.faults:
         h.faults.remove(fault)
 

@@ -28,7 +28,8 @@ def create(settings: Settings, config: BuilderConfig | None = None) -> Service:
     svc = Service.create("builder", settings, migrations=MIGRATIONS)
     assert svc.db is not None
     ssh = SshPool(connect_timeout=settings.ssh_connect_timeout_s,
-                  command_timeout=settings.ssh_command_timeout_s)
+                  command_timeout=settings.ssh_command_timeout_s,
+                  host_key_recheck_s=settings.host_key_recheck_s)
     # an S3 store configured (for new artifacts, or holding earlier ones) is checked now:
     # a missing LABFLEET_S3_* setting stops the start with its name
     s3_config = settings.s3_config()

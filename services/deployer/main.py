@@ -23,8 +23,10 @@ def create(settings: Settings, config: DeployerConfig | None = None) -> Service:
     assert svc.db is not None
     work = settings.data_dir / "deployer"
     pool = SshPool(connect_timeout=config.ssh_connect_timeout_s,
-                   command_timeout=config.ssh_command_timeout_s)
-    libvirt_hosts = LibvirtHosts(work / "libvirt-access", config.ssh_connect_timeout_s)
+                   command_timeout=config.ssh_command_timeout_s,
+                   host_key_recheck_s=settings.host_key_recheck_s)
+    libvirt_hosts = LibvirtHosts(work / "libvirt-access", config.ssh_connect_timeout_s,
+                                 host_key_recheck_s=settings.host_key_recheck_s)
     s3_config = settings.s3_config()  # a half-given S3 configuration stops the start here
     s3 = S3Store(s3_config) if s3_config is not None else None
     deps = DeployerDeps(db=svc.db, bus=svc.bus, config=config, pool=pool,

@@ -29,11 +29,13 @@ from .routes import (
     api_docs,
     api_environments,
     api_qemu_hosts,
+    api_resources,
     api_tokens,
     pages_alerts,
     pages_auth,
     pages_builds,
     pages_environments,
+    pages_host_keys,
     pages_qemu_hosts,
     pages_servers,
     system,
@@ -45,9 +47,9 @@ STATIC = HERE / "static"
 API_PREFIX = "/api/v1"
 #: the routers under API_PREFIX, and those at the root (pages, operations)
 API_ROUTES = (api_build_servers, api_builds, api_artifacts, api_environments, api_tokens,
-              api_alerts, api_qemu_hosts)
+              api_alerts, api_qemu_hosts, api_resources)
 ROOT_ROUTES = (system, api_docs, pages_auth, pages_servers, pages_builds, pages_environments,
-               pages_alerts, pages_qemu_hosts)
+               pages_alerts, pages_qemu_hosts, pages_host_keys)
 
 
 class MetricsMiddleware:

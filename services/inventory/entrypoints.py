@@ -13,6 +13,9 @@ from faststream.nats import NatsMessage
 from labfleet.shared.bus import Bus, invalid_request, reveal_secrets_json
 from labfleet.shared.events.envelope import Command, Reply
 from labfleet.shared.events.resource import (
+    AcceptHostKey,
+    CheckHostKey,
+    HostKeyReply,
     CredentialsReply,
     GetCredentials,
     GetResource,
@@ -29,7 +32,7 @@ from labfleet.shared.events.resource import (
 )
 from pydantic import ValidationError
 
-from . import handlers, lifecycle_handlers, qemu_handlers
+from . import handlers, host_key_handlers, lifecycle_handlers, qemu_handlers
 from .handlers import InventoryDeps
 
 #: registrations probed at once; each holds one SSH connection while it runs
@@ -69,6 +72,9 @@ def register_commands(bus: Bus, deps: InventoryDeps,
     serve(bus, SetMaintenance, ResourceReply, lifecycle_handlers.set_maintenance, deps)
     serve(bus, SetResourceOptions, ResourceReply, lifecycle_handlers.set_options, deps)
     serve(bus, Decommission, ResourceReply, lifecycle_handlers.decommission, deps)
+    # each asks the host for its key over SSH (up to the connect timeout)
+    serve(bus, CheckHostKey, HostKeyReply, host_key_handlers.check_host_key, deps)
+    serve(bus, AcceptHostKey, HostKeyReply, host_key_handlers.accept_host_key, deps)
     # asked by every monitor and builder for every host they log in to
     serve(bus, GetCredentials, CredentialsReply, handlers.get_credentials, deps,
           reveal_secrets=True, concurrency=16)

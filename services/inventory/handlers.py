@@ -196,24 +196,25 @@ async def _pinned_host_key(cmd: RegisterBuildServer | RegisterQemuHost,
     admin said to expect."""
     host_key = await probe.host_key(cmd.address, cmd.ssh_port)
     presented = fingerprint(host_key)
-    expected = _normalise_fingerprint(cmd.expected_host_key_fingerprint)
+    expected = normalise_fingerprint(cmd.expected_host_key_fingerprint)
     if expected and expected != presented:
         raise InventoryRefusal(
             "host_key_changed",
             f"the host key of {cmd.address}:{cmd.ssh_port} is {presented}, not the "
             f"{expected} that was accepted",
-            hint="if the host was reinstalled, accept its new key explicitly; otherwise "
-                 "treat this as a possible interception and investigate",
+            hint="if the host was reinstalled, check the presented fingerprint on the host "
+                 "itself and give that one as the expected fingerprint; otherwise treat "
+                 "this as a possible interception and investigate",
             field="expected_host_key_fingerprint",
             details={"presented": presented, "expected": expected})
     return host_key, presented
 
 
-def _normalise_fingerprint(value: str | None) -> str | None:
+def normalise_fingerprint(value: str | None) -> str | None:
     if not value or not value.strip():
         return None
     value = value.strip()
-    return value if value.upper().startswith("SHA256:") else f"SHA256:{value}"
+    return f"SHA256:{value[7:]}" if value.upper().startswith("SHA256:") else f"SHA256:{value}"
 
 
 _FIELD_OF_SSH_ERROR = {

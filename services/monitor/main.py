@@ -47,6 +47,7 @@ def create(settings: Settings) -> Service:
         policy=HealthPolicy(offline_after_failures=settings.offline_after_failures,
                             disk_warning_gb=settings.disk_warning_gb,
                             utilization_warning_pct=settings.host_utilization_warning_pct))
+    # every poll re-verifies the host key (HostPoll's default): the poll is the schedule
     host_poll = HostPoll(timeout=poll_timeout(settings))
     vms = LibvirtSessions(timeout=max(poll_timeout(settings), 5.0))
     deps.vms, deps.host_poll = vms, host_poll

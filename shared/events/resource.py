@@ -293,6 +293,37 @@ class SetResourceOptions(Command):
     requested_by: str = ""
 
 
+class CheckHostKey(Command):
+    """Which host key the resource presents now against the pinned one; HostKeyReply."""
+
+    subject: ClassVar[str] = "resource.cmd.check_host_key"
+    resource_id: uuid.UUID
+
+
+class AcceptHostKey(Command):
+    """Pin the key the host presents now, if its fingerprint is ``fingerprint`` (what the
+    admin saw and accepts); audit-logged with both fingerprints.  HostKeyReply."""
+
+    subject: ClassVar[str] = "resource.cmd.accept_host_key"
+    resource_id: uuid.UUID
+    #: checked by the inventory (a malformed one is refused as ``invalid_fingerprint``)
+    fingerprint: str
+    requested_by: str = ""
+
+
+class HostKeyReply(Reply):
+    resource: ResourceView | None = None
+    #: the fingerprint pinned (before an accept: the old one)
+    pinned_fingerprint: str | None = None
+    #: the fingerprint of the key the host presents now
+    presented_fingerprint: str | None = None
+    matches: bool | None = None
+    #: set by an accept: the presented key is the pinned one now
+    accepted: bool = False
+    #: set by an accept: the fingerprint pinned before
+    previous_fingerprint: str | None = None
+
+
 class GetCredentials(Command):
     """Asked by services that must log in to a host (monitor, builder, deployer).
 

@@ -84,13 +84,21 @@ class HostKeyMismatch(SshError):
 
     @property
     def message(self) -> str:
+        if not (self.expected and self.presented):
+            # said only with both fingerprints in hand; without them it is unverified
+            return (f"the host key of {self.host}:{self.port} could not be verified"
+                    + (f": {self.detail}" if self.detail else ""))
         return (f"the host key of {self.host}:{self.port} changed: pinned {self.expected}, "
                 f"presented {self.presented}")
 
     @property
     def hint(self) -> str:
-        return ("if the host was reinstalled, re-accept its new key explicitly; otherwise "
-                "treat this as a possible interception and investigate")
+        return ("if the host was reinstalled, compare the presented fingerprint with the one "
+                "the host itself shows (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub on its "
+                "console) and accept it: the host's page in the web UI (Host key), "
+                "`labfleet resource accept-host-key ID --fingerprint SHA256:...`, or "
+                "POST /api/v1/resources/{id}/host-key/accept; otherwise treat this as a "
+                "possible interception and investigate")
 
 
 @dataclass

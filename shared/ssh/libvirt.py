@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import asyncssh
 
+from .openssh import known_hosts_line
 from .pool import Credentials
 
 try:  # the client library is optional for services that never speak to libvirt
@@ -76,9 +77,8 @@ def transport_uri(username: str, address: str, port: int, *, known_hosts: Path,
 
 def known_hosts_lines(address: str, port: int, host_key: str) -> str:
     """The pinned key under both names libssh may look it up by."""
-    key = " ".join(host_key.split()[:2])
-    names = [address] if port == 22 else [f"[{address}]:{port}", address]
-    return "".join(f"{name} {key}\n" for name in names)
+    lines = known_hosts_line(address, port, host_key)
+    return lines if port == 22 else lines + known_hosts_line(address, 22, host_key)
 
 
 @contextlib.contextmanager

@@ -56,6 +56,17 @@ DIR_PREFIX = "labfleet-ssh-"
 _swept = False
 
 
+def known_hosts_name(host: str, port: int) -> str:
+    """How OpenSSH (and libssh) name ``host:port`` in ``known_hosts``: the bare host for
+    port 22 (``[host]:22`` is never looked up), ``[host]:port`` for any other."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def known_hosts_line(host: str, port: int, host_key: str) -> str:
+    """The ``known_hosts`` line pinning ``host_key`` (its comment left out) for host:port."""
+    return f"{known_hosts_name(host, port)} {' '.join(host_key.split()[:2])}\n"
+
+
 def ssh_binary() -> str | None:
     return shutil.which("ssh")
 
@@ -90,7 +101,8 @@ def _classify_stderr(host: str, port: int, username: str, stderr: str,
     text = stderr.strip()
     low = text.lower()
     if "host key verification failed" in low or "remote host identification" in low:
-        return HostKeyMismatch(host, port, "host key changed (OpenSSH refused the pinned key)")
+        # OpenSSH names no fingerprints here: the pool finds them (``_why_key_refused``)
+        return HostKeyMismatch(host, port, "OpenSSH refused the pinned host key")
     if "permission denied" in low:
         return AuthenticationFailed(host, port, text, username=username)
     if "connection refused" in low:
@@ -162,7 +174,8 @@ class OpenSshMaster:
         # mode 0700; the pid in the name lets a later start remove it should this
         # process be killed before it can
         self.dir = Path(tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{os.getpid()}-"))
-        (self.dir / "known_hosts").write_text(f"[{self.host}]:{self.port} {self._host_key}\n")
+        (self.dir / "known_hosts").write_text(known_hosts_line(self.host, self.port,
+                                                               self._host_key))
         key_fd = os.memfd_create("labfleet-ssh-key", os.MFD_CLOEXEC)
         try:
             os.fchmod(key_fd, 0o600)

@@ -79,11 +79,28 @@ def _client_keys(creds: Credentials) -> list[asyncssh.SSHKey] | None:
         raise SshError("-", 0, f"the private key could not be read: {exc}") from None
 
 
-async def probe_host_key(host: str, port: int, timeout: float = 10.0) -> str:
-    """Return the host's public key line (``ssh-ed25519 AAAA…``) without logging in."""
+async def probe_host_key(host: str, port: int, timeout: float = 10.0,
+                         like: str | None = None) -> str:
+    """Return the host's public key line (``ssh-ed25519 AAAA…``) without logging in.
+
+    ``like`` (a pinned key line) asks for a key of the same type first, so a host with
+    several host keys presents the one that was pinned; a host that no longer has a key
+    of that type presents whichever it offers.
+    """
+    algs: list[str] | None = None
+    if like:
+        algs = [a.decode() for a in asyncssh.import_public_key(like).sig_algorithms]
     try:
         async with asyncio.timeout(timeout):
-            key = await asyncssh.get_server_host_key(host, port)
+            try:
+                key = await asyncssh.get_server_host_key(
+                    host, port, **({"server_host_key_algs": algs} if algs else {}))
+            except (asyncssh.KeyExchangeFailed, asyncssh.DisconnectError,
+                    ConnectionResetError):
+                if not algs:
+                    raise
+                # no key of that type any more (OpenSSH drops the connection): any key
+                key = await asyncssh.get_server_host_key(host, port)
     except BaseException as exc:  # noqa: BLE001 - classified
         if isinstance(exc, asyncio.CancelledError):
             raise
@@ -93,15 +110,47 @@ async def probe_host_key(host: str, port: int, timeout: float = 10.0) -> str:
     return key.export_public_key("openssh").decode().strip()
 
 
+def same_key(a: str, b: str) -> bool:
+    """Do two OpenSSH public key lines hold the same key (comments aside)?"""
+    return a.split()[:2] == b.split()[:2]
+
+
+async def verify_host_key(host: str, port: int, host_key: str, timeout: float = 10.0) -> str:
+    """A fresh handshake with the host, its key checked against the pinned ``host_key``.
+
+    Returns the presented key line; raises :class:`HostKeyMismatch` (both SHA256
+    fingerprints) when it differs, another :class:`SshError` when no handshake was made.
+    """
+    presented = await probe_host_key(host, port, timeout, like=host_key)
+    if not same_key(presented, host_key):
+        raise HostKeyMismatch(host, port, "host key changed", expected=fingerprint(host_key),
+                              presented=fingerprint(presented))
+    return presented
+
+
 class SshPool:
-    """One persistent connection per (host, port, user); opened lazily, re-opened on loss."""
+    """One persistent connection per (host, port, user); opened lazily, re-opened on loss.
+
+    A pooled connection was verified against the pinned key when it was opened; the host
+    may have been given another key since (reinstalled, or someone in between).  So a
+    connection whose last verification is older than ``host_key_recheck_s`` is verified
+    again with a fresh handshake (:func:`verify_host_key`) before it is used: a changed
+    key closes it and raises :class:`HostKeyMismatch`.  ``0`` verifies before every use,
+    ``None`` never after the login.  A recheck that makes no handshake at all (the host
+    refuses new connections for a moment) leaves the verified connection in use and is
+    tried again at the next use.
+    """
 
     #: seconds before a master that could not log in is tried again
     BULK_RETRY_S = 300.0
 
     def __init__(self, *, connect_timeout: float = 10.0, command_timeout: float = 60.0,
-                 keepalive_s: float = 15.0, max_sessions: int = 8) -> None:
+                 keepalive_s: float = 15.0, max_sessions: int = 8,
+                 host_key_recheck_s: float | None = 5.0) -> None:
         self.connect_timeout = connect_timeout
+        self.host_key_recheck_s = host_key_recheck_s
+        #: when each pooled connection's host key was last verified (monotonic)
+        self._verified: dict[tuple[str, int, str], float] = {}
         self.command_timeout = command_timeout
         self.keepalive_s = keepalive_s
         self._conns: dict[tuple[str, int, str], asyncssh.SSHClientConnection] = {}
@@ -143,7 +192,8 @@ class SshPool:
                 raise
             if isinstance(exc, asyncssh.HostKeyNotVerifiable):
                 try:
-                    presented = fingerprint(await probe_host_key(host, port, self.connect_timeout))
+                    presented = fingerprint(await probe_host_key(
+                        host, port, self.connect_timeout, like=host_key))
                 except SshError:
                     presented = "unknown"
                 raise HostKeyMismatch(
@@ -159,12 +209,37 @@ class SshPool:
         async with lock:
             conn = self._conns.get(key)
             if conn is not None and not conn.is_closed():
+                await self._recheck(key, host_key)
                 return conn
             conn = await self.connect(host, port, creds, host_key)
             self._conns[key] = conn
+            self._verified[key] = time.monotonic()
             return conn
 
+    def _recheck_due(self, key: tuple[str, int, str]) -> bool:
+        if self.host_key_recheck_s is None:
+            return False
+        return time.monotonic() - self._verified.get(key, 0.0) >= self.host_key_recheck_s
+
+    async def _recheck(self, key: tuple[str, int, str], host_key: str | None) -> None:
+        """Verify the host key again when due; a changed key drops the connection."""
+        if not host_key or not self._recheck_due(key):
+            return
+        host, port, username = key
+        try:
+            await verify_host_key(host, port, host_key, self.connect_timeout)
+        except HostKeyMismatch as exc:
+            log.error("%s; its pooled connection is closed", exc.message)
+            self.drop(host, port, username)
+            raise
+        except SshError as exc:
+            log.info("the host key of %s:%s could not be checked again now (%s); the "
+                     "connection verified before stays in use", host, port, exc.message)
+            return
+        self._verified[key] = time.monotonic()
+
     def drop(self, host: str, port: int, username: str) -> None:
+        self._verified.pop((host, port, username), None)
         conn = self._conns.pop((host, port, username), None)
         if conn is not None:
             conn.close()
@@ -194,7 +269,9 @@ class SshPool:
     async def bulk(self, host: str, port: int, creds: Credentials,
                    host_key: str | None) -> OpenSshMaster | None:
         """The logged-in OpenSSH master for large reads, or None where there is none
-        (password login, no ``ssh`` client, or OpenSSH could not log in: logged once)."""
+        (password login, no ``ssh`` client, or OpenSSH could not log in: logged once).
+        The host key is verified again when due, as for the pooled connection."""
+        await self._recheck((host, port, creds.username), host_key)
         self.warm_bulk(host, port, creds, host_key)
         return await asyncio.shield(self._masters[(host, port, creds.username)])
 
@@ -211,6 +288,8 @@ class SshPool:
         except (SshError, OSError) as exc:
             await master.close()
             why = exc.message if isinstance(exc, SshError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, HostKeyMismatch):
+                why = await self._why_key_refused(host, port, host_key)
             log.warning("large files from %s:%s come over SFTP: the OpenSSH client could not "
                         "connect (%s)", host, port, why)
             self._bulk_failed[key] = time.monotonic()
@@ -219,6 +298,16 @@ class SshPool:
             await master.close()  # cancelled while logging in: leave no ssh behind
             raise
         return master
+
+    async def _why_key_refused(self, host: str, port: int, host_key: str) -> str:
+        """OpenSSH says only that the key did not verify: a handshake of our own tells a
+        changed key (both fingerprints) from a pinned key OpenSSH did not match."""
+        try:
+            presented = await verify_host_key(host, port, host_key, self.connect_timeout)
+        except SshError as exc:
+            return exc.message
+        return (f"OpenSSH refused the pinned host key {fingerprint(host_key)}, which the host "
+                f"does present ({fingerprint(presented)}): its known_hosts entry did not match")
 
     def _drop_master(self, key: tuple[str, int, str]) -> None:
         self._bulk_failed.pop(key, None)
@@ -274,3 +363,4 @@ class SshPool:
         for conn in list(self._conns.values()):
             await conn.wait_closed()
         self._conns.clear()
+        self._verified.clear()

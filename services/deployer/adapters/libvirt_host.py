@@ -7,8 +7,10 @@ in with the credentials inventory handed out — never ``no_verify``.  The wrapp
 ``known_hosts`` live in a 0700 directory of the deployer's data dir.
 
 libvirt-python blocks, so every call runs in a thread; one connection per host is kept
-open.  The console is a libvirt stream read by a thread of its own and handed to the
-event loop chunk by chunk.
+open, and its host key verified again with a fresh handshake once it is older than
+``host_key_recheck_s`` since its last verification (a changed key closes it).  The
+console is a libvirt stream read by a thread of its own and handed to the event loop
+chunk by chunk.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import os
 import shlex
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +31,8 @@ from urllib.parse import quote, urlsplit
 import libvirt  # type: ignore[import-untyped]
 
 from labfleet.shared.events.resource import ResourceView
-from labfleet.shared.ssh import Credentials
+from labfleet.shared.ssh import Credentials, HostKeyMismatch, SshError, verify_host_key
+from labfleet.shared.ssh.openssh import known_hosts_line
 
 # libvirt prints every error to stderr unless a handler takes them; they are raised anyway
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -63,12 +67,10 @@ def public_uri(view: ResourceView) -> str:
 
 
 def _known_hosts_line(view: ResourceView) -> str:
-    host = view.ssh.address if view.ssh.port == 22 else f"[{view.ssh.address}]:{view.ssh.port}"
     if not view.ssh.host_key:
         raise LibvirtFailed(view.name, "connect", "no pinned host key; refusing to connect "
                             "unverified (register the host again)")
-    key = " ".join(view.ssh.host_key.split()[:2])
-    return f"{host} {key}\n"
+    return known_hosts_line(view.ssh.address, view.ssh.port, view.ssh.host_key)
 
 
 def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
@@ -79,11 +81,34 @@ def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 class LibvirtHosts:
-    def __init__(self, runtime_dir: Path, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, runtime_dir: Path, connect_timeout_s: float = 10.0,
+                 host_key_recheck_s: float | None = 5.0) -> None:
         self.runtime_dir = runtime_dir
         self.connect_timeout_s = connect_timeout_s
+        self.host_key_recheck_s = host_key_recheck_s
         self._conns: dict[uuid.UUID, tuple[str, Any]] = {}
+        #: when each kept connection's host key was last verified (monotonic)
+        self._verified: dict[uuid.UUID, float] = {}
         self._lock = threading.Lock()
+
+    async def _recheck(self, access: HostAccess) -> None:
+        """Verify the host key of a kept connection again when due (see the module)."""
+        ssh = access.view.ssh
+        with self._lock:
+            kept = access.host_id in self._conns
+            last = self._verified.get(access.host_id, 0.0)
+        if not kept or not ssh.host_key or self.host_key_recheck_s is None \
+                or time.monotonic() - last < self.host_key_recheck_s:
+            return
+        try:
+            await verify_host_key(ssh.address, ssh.port, ssh.host_key, self.connect_timeout_s)
+        except HostKeyMismatch as exc:
+            await asyncio.to_thread(self._forget, access.host_id)
+            raise LibvirtFailed(access.name, "connect", exc.message) from None
+        except SshError:
+            return  # no handshake now: the verified connection stays, checked next time
+        with self._lock:
+            self._verified[access.host_id] = time.monotonic()
 
     # ---- access -----------------------------------------------------------------------
 
@@ -138,21 +163,26 @@ class LibvirtHosts:
             raise LibvirtFailed(access.name, "connect", _why(exc)) from None
         with self._lock:
             self._conns[access.host_id] = (uri, conn)
+            self._verified[access.host_id] = time.monotonic()
         return conn
 
     def _forget(self, host_id: uuid.UUID) -> None:
         with self._lock:
             cached = self._conns.pop(host_id, None)
+            self._verified.pop(host_id, None)
         if cached is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 cached[1].close()
 
     async def connect(self, access: HostAccess) -> None:
         """Open (or check) the host's connection ahead of the calls that need it."""
+        await self._recheck(access)
         await asyncio.to_thread(self._connect, access)
 
     async def _call(self, access: HostAccess, action: str, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(conn)`` in a thread; a dropped connection is re-opened once."""
+        await self._recheck(access)
+
         def run() -> Any:
             for attempt in (1, 2):
                 conn = self._connect(access)

@@ -173,6 +173,13 @@ class ResourceRepository:
             f"WHERE id = $1 RETURNING {_COLUMNS}", resource_id, pause)
         return _view(row)
 
+    async def set_host_key(self, tx: Transaction, resource_id: uuid.UUID, host_key: str,
+                           host_key_fingerprint: str) -> ResourceView:
+        row = await tx.fetchrow(
+            f"UPDATE resources SET host_key = $2, host_key_fingerprint = $3, updated_at = now() "
+            f"WHERE id = $1 RETURNING {_COLUMNS}", resource_id, host_key, host_key_fingerprint)
+        return _view(row)
+
     async def with_maintenance(self, tx: Transaction) -> list[ResourceView]:
         """Resources that have a maintenance window (current or upcoming), locked."""
         rows = await tx.fetch(f"SELECT {_COLUMNS} FROM resources WHERE maintenance IS NOT NULL "

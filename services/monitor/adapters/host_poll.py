@@ -10,11 +10,15 @@ from .projection import PollTarget
 
 
 class HostPoll:
-    def __init__(self, *, timeout: float, keepalive_s: float = 15.0) -> None:
+    def __init__(self, *, timeout: float, keepalive_s: float = 15.0,
+                 host_key_recheck_s: float | None = 0.0) -> None:
         self.timeout = timeout
-        # one persistent connection per host, reopened after a failure
+        # one persistent connection per host, reopened after a failure; its host key
+        # verified again with a fresh handshake on every poll (``0``), so a swapped key
+        # is reported at the next poll, within the offline bound (a QEMU host's libvirt
+        # connection goes to the same sshd and is dropped with it)
         self.pool = SshPool(connect_timeout=timeout, command_timeout=timeout,
-                            keepalive_s=keepalive_s)
+                            keepalive_s=keepalive_s, host_key_recheck_s=host_key_recheck_s)
 
     async def read(self, target: PollTarget, creds: Credentials) -> PollReading:
         """Raises an ``SshError`` (``.code``) or ``UnreadablePoll``; never hangs past ``timeout``."""
