@@ -344,14 +344,18 @@ async def test_artifact_download_streams_the_stored_bytes_with_checksum(
     from labfleet.shared.events.build import ArtifactListReply
 
     async with gateway.client() as api:
-        r = await api.get(f"/api/v1/artifacts/{build_id}/Image")
-        assert r.status_code == 200
-        assert r.content == payload
-        assert r.headers["content-length"] == str(len(payload))
-        assert r.headers["x-checksum-sha256"] == digest
-        missing = await api.get(f"/api/v1/artifacts/{build_id}/nothing.bin")
-        assert missing.status_code == 404
-        assert missing.json()["error"]["code"] == "not_found"
+        # the builder's record says where the artifact is stored
+        async with responder(gateway.nc, "artifact.cmd.list", fixed(ArtifactListReply(
+                ok=True, build_id=build_id, artifacts=[info]))):
+            r = await api.get(f"/api/v1/artifacts/{build_id}/Image")
+            assert r.status_code == 200
+            assert r.content == payload
+            assert r.headers["content-length"] == str(len(payload))
+            assert r.headers["x-checksum-sha256"] == digest
+            missing = await api.get(f"/api/v1/artifacts/{build_id}/nothing.bin")
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == "not_found"
+            assert "no artifact 'nothing.bin' is recorded" in missing.json()["error"]["message"]
         async with responder(gateway.nc, "artifact.cmd.list", fixed(ArtifactListReply(
                 ok=True, build_id=build_id, artifacts=[info]))) as seen:
             listed = await api.get("/api/v1/artifacts", params={"build_id": str(build_id)})
