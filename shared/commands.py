@@ -6,7 +6,10 @@ router runs :class:`CommandMiddleware`:
 
 * a body that does not validate as the handler's command → ``invalid_request`` naming
   each bad field (the handler does not run);
-* a handler that raises → ``internal_error`` (the trace goes to the log);
+* a handler that raises :class:`DataError`, or whose database refuses the command's data
+  (PostgreSQL's class 22, "data exception") → ``invalid_data`` naming the field, which
+  the gateway answers with 422;
+* a handler that raises anything else → ``internal_error`` (the trace goes to the log);
 * a reply over the server's ``max_payload`` → ``reply_too_large`` with both sizes (the
   client would refuse to send it).
 
@@ -53,6 +56,33 @@ def invalid_request(reply_type: type[R], exc: ValidationError, *, skip: int = 0)
                        errors=[{"field": f, "message": m} for f, m in errors])
 
 
+class DataError(Exception):
+    """The command's data cannot be used (a value the service cannot store or act on):
+    answered ``invalid_data`` with the field, never ``internal_error``."""
+
+    def __init__(self, message: str, field: str | None = None,
+                 hint: str = "correct the field and send again") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.hint = hint
+
+
+def data_error_reply(exc: BaseException) -> Reply | None:
+    """The ``invalid_data`` answer for ``exc`` when it is about the command's data."""
+    if isinstance(exc, DataError):
+        return error_reply(Reply, "invalid_data", exc.message, hint=exc.hint,
+                           field_name=exc.field)
+    import asyncpg
+
+    if isinstance(exc, asyncpg.DataError):
+        return error_reply(Reply, "invalid_data",
+                           f"the database refused a value of the request: {exc}",
+                           hint="send plain text without NUL or control characters, and "
+                                "values within their documented range")
+    return None
+
+
 def always_answered(fn: Callable[..., Awaitable[Any]], subject: str, service: str,
                     max_payload: Callable[[], int]) -> Callable[..., Awaitable[Any]]:
     """``fn`` answering ``internal_error`` when it raises and ``reply_too_large`` when its
@@ -64,7 +94,12 @@ def always_answered(fn: Callable[..., Awaitable[Any]], subject: str, service: st
     async def answer(*args: Any, **kwargs: Any) -> Any:
         try:
             return _shaped(fit_reply(subject, await fn(*args, **kwargs), max_payload()), shape)
-        except Exception:  # noqa: BLE001 - the caller is owed an answer
+        except Exception as exc:  # noqa: BLE001 - the caller is owed an answer
+            refusal = data_error_reply(exc)
+            if refusal is not None:
+                log.warning("command refused: %s", refusal.error.message if refusal.error
+                            else "", extra={"subject": subject})
+                return _shaped(refusal, shape)
             log.exception("command failed", extra={"subject": subject})
             return _shaped(error_reply(
                 Reply, "internal_error", f"the {service} service failed while handling "

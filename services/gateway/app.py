@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import time
+
+import asyncpg
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -11,9 +13,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from labfleet.shared.commands import data_error_reply, invalid_request
+from labfleet.shared.events.envelope import Reply
 from labfleet.shared.service import VERSION
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import SESSION_COOKIE, SESSION_TTL, dummy_password_hash
@@ -38,6 +44,7 @@ from .routes import (
     pages_servers,
     system,
 )
+from .routes.responses import API_RESPONSES
 from .security_headers import SecurityHeadersMiddleware
 
 HERE = Path(__file__).parent
@@ -127,6 +134,21 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(422, "validation_failed", message,
                       "correct the named field and send again", field, problems=details)
 
+    @app.exception_handler(ValidationError)
+    async def invalid_inside(request: Request, exc: ValidationError) -> JSONResponse:
+        # a request that passed its own model but not a message built from it
+        reply = invalid_request(Reply, exc)
+        error = reply.error
+        assert error is not None
+        return _error(422, "validation_failed", error.message, error.hint, error.field,
+                      problems=error.details.get("errors", []))
+
+    @app.exception_handler(asyncpg.DataError)
+    async def invalid_for_the_database(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        reply = data_error_reply(exc)
+        assert reply is not None and reply.error is not None
+        return _error(422, reply.error.code, reply.error.message, reply.error.hint)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
         if exc.status_code == 404 and _wants_html(request):
@@ -136,7 +158,22 @@ def install_error_handlers(app: FastAPI) -> None:
                                         "message": "There is no page at this address."},
                 status_code=404)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path (Starlette names only the
+    first route that matched the path)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
@@ -152,7 +189,7 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
                               "Every /api/v1 call needs `Authorization: Bearer <token>`.")
     app.state.gateway = gateway
     dummy_password_hash()  # made now, so the first log-in of an unknown name is not slower
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX, responses=API_RESPONSES)
     route_templates: dict[Any, str] = {}
     for module in API_ROUTES:
         api.include_router(module.router)
