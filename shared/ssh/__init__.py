@@ -12,6 +12,7 @@ from .errors import (
     ConnectTimeout,
     HostKeyMismatch,
     HostUnreachable,
+    NotAnSshServer,
     RemoteCommandFailed,
     SshError,
 )
@@ -19,6 +20,6 @@ from .pool import Credentials, SshPool, fingerprint, probe_host_key
 
 __all__ = [
     "AuthenticationFailed", "ConnectTimeout", "ConnectionRefused", "Credentials",
-    "HostKeyMismatch", "HostUnreachable", "RemoteCommandFailed", "SshError", "SshPool",
+    "HostKeyMismatch", "HostUnreachable", "NotAnSshServer", "RemoteCommandFailed", "SshError", "SshPool",
     "fingerprint", "probe_host_key",
 ]
