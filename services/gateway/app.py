@@ -1,6 +1,7 @@
 """The FastAPI application: routers, error bodies, sessions, static files, metrics."""
 from __future__ import annotations
 
+import re
 import time
 
 import asyncpg
@@ -19,7 +20,7 @@ from labfleet.shared.service import VERSION
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import SESSION_COOKIE, SESSION_TTL, dummy_password_hash
@@ -168,17 +169,20 @@ def install_error_handlers(app: FastAPI) -> None:
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route takes at the request's path (Starlette names only the
     first route that matched the path)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
-        if match is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    path = request.url.path
+    return sorted({m for regex, methods in request.app.state.route_methods
+                   if regex.match(path) for m in methods})
 
 
 def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
     return {route.endpoint: prefix + route.path for route in router.routes
             if isinstance(route, APIRoute)}
+
+
+def _methods(router: APIRouter, prefix: str) -> list[tuple[re.Pattern[str], set[str]]]:
+    """(path regex, methods) of each route, for the ``Allow`` header of a 405."""
+    return [(compile_path(prefix + route.path)[0], set(route.methods or ()))
+            for route in router.routes if isinstance(route, APIRoute)]
 
 
 def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
@@ -191,13 +195,16 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
     dummy_password_hash()  # made now, so the first log-in of an unknown name is not slower
     api = APIRouter(prefix=API_PREFIX, responses=API_RESPONSES)
     route_templates: dict[Any, str] = {}
+    app.state.route_methods = []
     for module in API_ROUTES:
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
+        app.state.route_methods += _methods(module.router, API_PREFIX)
     app.include_router(api)
     for module in ROOT_ROUTES:
         app.include_router(module.router)
         route_templates.update(_templates(module.router, ""))
+        app.state.route_methods += _methods(module.router, "")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_error_handlers(app)
     app.add_middleware(SessionMiddleware, secret_key=session_secret,
