@@ -88,7 +88,7 @@ class BuildSpec(BaseModel):
     kind: BuildKind | None = None
     #: kconfig lines merged after the config target and the fragment files (a fragment
     #: given inline, e.g. ``["CONFIG_PRINTK=y"]``); kernel builds only
-    config_options: list[PlainString] = Field(default_factory=list)
+    config_options: list[str] = Field(default_factory=list)
     backend: BuildBackend = BuildBackend.MAKE
 
     @property
@@ -103,7 +103,7 @@ class BuildSpec(BaseModel):
             if not _KCONFIG_LINE.match(line):
                 raise ValueError(f"{line!r} is no kconfig line (write CONFIG_NAME=y, "
                                  "CONFIG_NAME=\"text\" or # CONFIG_NAME is not set)")
-        return out
+        return [plain_string(line) for line in out]  # no NUL inside a quoted value
 
     # These strings end up as arguments of git and make on a build server: a leading "-"
     # would be read as an option, and artifact paths must stay inside the source tree.
