@@ -47,7 +47,8 @@ def invalid_request(reply_type: type[R], exc: ValidationError, *, skip: int = 0)
     """The refusal of a command that does not validate, naming the first bad field and
     listing every one; ``skip`` leading parts of each error's location are not fields
     (the handler's parameter name, where the framework validated the command)."""
-    errors = [(".".join(str(p) for p in e.get("loc", ())[skip:]), str(e.get("msg", "")))
+    errors = [(".".join(str(p) for p in e.get("loc", ())[skip:]),
+               str(e.get("msg", "")).removeprefix("Value error, "))
               for e in exc.errors()]
     where, what = errors[0] if errors else ("", "invalid value")
     return error_reply(reply_type, "invalid_request",

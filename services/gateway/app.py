@@ -129,9 +129,11 @@ def install_error_handlers(app: FastAPI) -> None:
         first = problems[0] if problems else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
-        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg", "invalid"))
+        what = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        message = f"{field}: {what}" if field else what
         details = [{"field": ".".join(str(p) for p in e.get("loc", ())[1:]),
-                    "message": e.get("msg")} for e in problems]
+                    "message": str(e.get("msg")).removeprefix("Value error, ")}
+                   for e in problems]
         return _error(422, "validation_failed", message,
                       "correct the named field and send again", field, problems=details)
 
