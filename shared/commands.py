@@ -6,7 +6,10 @@ router runs :class:`CommandMiddleware`:
 
 * a body that does not validate as the handler's command → ``invalid_request`` naming
   each bad field (the handler does not run);
-* a handler that raises → ``internal_error`` (the trace goes to the log);
+* a handler that raises :class:`DataError`, or whose database refuses the command's data
+  (PostgreSQL's class 22, "data exception") → ``invalid_data`` naming the field, which
+  the gateway answers with 422;
+* a handler that raises anything else → ``internal_error`` (the trace goes to the log);
 * a reply over the server's ``max_payload`` → ``reply_too_large`` with both sizes (the
   client would refuse to send it).
 
@@ -44,13 +47,41 @@ def invalid_request(reply_type: type[R], exc: ValidationError, *, skip: int = 0)
     """The refusal of a command that does not validate, naming the first bad field and
     listing every one; ``skip`` leading parts of each error's location are not fields
     (the handler's parameter name, where the framework validated the command)."""
-    errors = [(".".join(str(p) for p in e.get("loc", ())[skip:]), str(e.get("msg", "")))
+    errors = [(".".join(str(p) for p in e.get("loc", ())[skip:]),
+               str(e.get("msg", "")).removeprefix("Value error, "))
               for e in exc.errors()]
     where, what = errors[0] if errors else ("", "invalid value")
     return error_reply(reply_type, "invalid_request",
                        f"{where + ': ' if where else ''}{what or 'invalid value'}",
                        hint="correct the field and send again", field_name=where or None,
                        errors=[{"field": f, "message": m} for f, m in errors])
+
+
+class DataError(Exception):
+    """The command's data cannot be used (a value the service cannot store or act on):
+    answered ``invalid_data`` with the field, never ``internal_error``."""
+
+    def __init__(self, message: str, field: str | None = None,
+                 hint: str = "correct the field and send again") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.hint = hint
+
+
+def data_error_reply(exc: BaseException) -> Reply | None:
+    """The ``invalid_data`` answer for ``exc`` when it is about the command's data."""
+    if isinstance(exc, DataError):
+        return error_reply(Reply, "invalid_data", exc.message, hint=exc.hint,
+                           field_name=exc.field)
+    import asyncpg
+
+    if isinstance(exc, asyncpg.DataError):
+        return error_reply(Reply, "invalid_data",
+                           f"the database refused a value of the request: {exc}",
+                           hint="send plain text without NUL or control characters, and "
+                                "values within their documented range")
+    return None
 
 
 def always_answered(fn: Callable[..., Awaitable[Any]], subject: str, service: str,
@@ -64,7 +95,12 @@ def always_answered(fn: Callable[..., Awaitable[Any]], subject: str, service: st
     async def answer(*args: Any, **kwargs: Any) -> Any:
         try:
             return _shaped(fit_reply(subject, await fn(*args, **kwargs), max_payload()), shape)
-        except Exception:  # noqa: BLE001 - the caller is owed an answer
+        except Exception as exc:  # noqa: BLE001 - the caller is owed an answer
+            refusal = data_error_reply(exc)
+            if refusal is not None:
+                log.warning("command refused: %s", refusal.error.message if refusal.error
+                            else "", extra={"subject": subject})
+                return _shaped(refusal, shape)
             log.exception("command failed", extra={"subject": subject})
             return _shaped(error_reply(
                 Reply, "internal_error", f"the {service} service failed while handling "

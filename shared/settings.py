@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     host_utilization_warning_pct: float = 85.0
     #: a build server with less free disk in its work area is refused at registration
     build_min_disk_gb: float = 5.0
+    #: repository URL schemes a build may fetch (comma-separated; ``user@host:path`` is
+    #: ssh); file:// and ext:: are refused unless listed (services/scheduler/domain/repo_urls.py)
+    build_allowed_url_schemes: str = "https,http,git,ssh"
     #: artifacts of builds older than this are deleted unless the build is pinned or tagged
     artifact_retention_days: float = 30.0
 

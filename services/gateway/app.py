@@ -1,7 +1,10 @@
 """The FastAPI application: routers, error bodies, sessions, static files, metrics."""
 from __future__ import annotations
 
+import re
 import time
+
+import asyncpg
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -11,9 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from labfleet.shared.commands import data_error_reply, invalid_request
+from labfleet.shared.events.envelope import Reply
 from labfleet.shared.service import VERSION
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import SESSION_COOKIE, SESSION_TTL, dummy_password_hash
@@ -40,6 +47,7 @@ from .routes import (
     pages_servers,
     system,
 )
+from .routes.responses import API_RESPONSES
 from .security_headers import SecurityHeadersMiddleware
 
 HERE = Path(__file__).parent
@@ -123,11 +131,28 @@ def install_error_handlers(app: FastAPI) -> None:
         first = problems[0] if problems else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or None
-        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg", "invalid"))
+        what = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        message = f"{field}: {what}" if field else what
         details = [{"field": ".".join(str(p) for p in e.get("loc", ())[1:]),
-                    "message": e.get("msg")} for e in problems]
+                    "message": str(e.get("msg")).removeprefix("Value error, ")}
+                   for e in problems]
         return _error(422, "validation_failed", message,
                       "correct the named field and send again", field, problems=details)
+
+    @app.exception_handler(ValidationError)
+    async def invalid_inside(request: Request, exc: ValidationError) -> JSONResponse:
+        # a request that passed its own model but not a message built from it
+        reply = invalid_request(Reply, exc)
+        error = reply.error
+        assert error is not None
+        return _error(422, "validation_failed", error.message, error.hint, error.field,
+                      problems=error.details.get("errors", []))
+
+    @app.exception_handler(asyncpg.DataError)
+    async def invalid_for_the_database(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        reply = data_error_reply(exc)
+        assert reply is not None and reply.error is not None
+        return _error(422, reply.error.code, reply.error.message, reply.error.hint)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Any:
@@ -138,12 +163,30 @@ def install_error_handlers(app: FastAPI) -> None:
                                         "message": "There is no page at this address."},
                 status_code=404)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes at the request's path (Starlette names only the
+    first route that matched the path)."""
+    path = request.url.path
+    return sorted({m for regex, methods in request.app.state.route_methods
+                   if regex.match(path) for m in methods})
 
 
 def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
     return {route.endpoint: prefix + route.path for route in router.routes
             if isinstance(route, APIRoute)}
+
+
+def _methods(router: APIRouter, prefix: str) -> list[tuple[re.Pattern[str], set[str]]]:
+    """(path regex, methods) of each route, for the ``Allow`` header of a 405."""
+    return [(compile_path(prefix + route.path)[0], set(route.methods or ()))
+            for route in router.routes if isinstance(route, APIRoute)]
 
 
 def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
@@ -154,15 +197,18 @@ def create_app(gateway: Gateway, session_secret: str) -> FastAPI:
                               "Every /api/v1 call needs `Authorization: Bearer <token>`.")
     app.state.gateway = gateway
     dummy_password_hash()  # made now, so the first log-in of an unknown name is not slower
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX, responses=API_RESPONSES)
     route_templates: dict[Any, str] = {}
+    app.state.route_methods = []
     for module in API_ROUTES:
         api.include_router(module.router)
         route_templates.update(_templates(module.router, API_PREFIX))
+        app.state.route_methods += _methods(module.router, API_PREFIX)
     app.include_router(api)
     for module in ROOT_ROUTES:
         app.include_router(module.router)
         route_templates.update(_templates(module.router, ""))
+        app.state.route_methods += _methods(module.router, "")
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     install_error_handlers(app)
     app.add_middleware(SessionMiddleware, secret_key=session_secret,

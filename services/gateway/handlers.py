@@ -38,6 +38,8 @@ from labfleet.shared.events.resource import (
 )
 from labfleet.shared.events.system import Ping, Pong
 
+from labfleet.scheduler.domain.repo_urls import allowed_schemes, url_refusal
+
 from .adapters.accounts import User
 from .adapters.commands import ask, ask_ok
 from .adapters.state import HealthState
@@ -172,6 +174,10 @@ async def remove_build_server(gw: Gateway, resource_id: uuid.UUID, user: User) -
 
 
 async def submit_build(gw: Gateway, spec: BuildSpec, user: User) -> SubmitBuildReply:
+    refusal = url_refusal(spec.repo_url, allowed_schemes(gw.settings.build_allowed_url_schemes))
+    if refusal is not None:  # refused here too: a URL that must not be fetched is not sent on
+        raise ApiError(422, refusal.code, refusal.message, refusal.hint, refusal.field,
+                       **refusal.details)
     reply = await ask(gw.bus, SubmitBuild(spec=spec, requested_by=user.username),
                       SubmitBuildReply, timeout=15.0)
     if not reply.ok:

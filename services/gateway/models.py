@@ -11,8 +11,17 @@ from labfleet.shared.events.build import (
     BuildSpec,
     BuildStatus,
     BuildView,
+    Tag,
 )
 from labfleet.shared.events.envelope import ErrorInfo
+from labfleet.shared.events.fields import (
+    Address,
+    Fingerprint,
+    Hostname,
+    Name,
+    PlainString,
+    Text,
+)
 from labfleet.shared.events.health import HostSample
 from labfleet.shared.events.resource import (
     Arch,
@@ -39,17 +48,18 @@ class ErrorBody(BaseModel):
 class BuildServerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hostname: str = Field(min_length=1, max_length=253, description="unique name")
-    address: str = Field(min_length=1, description="IP address or DNS name to reach it")
+    hostname: Hostname = Field(description="unique name (compared without case)")
+    address: Address
     ssh_port: int = Field(default=22, ge=1, le=65535)
-    username: str = Field(min_length=1)
+    username: Name
     password: SecretStr | None = None
     private_key: SecretStr | None = Field(default=None, description="OpenSSH private key text")
     architectures: list[Arch] = Field(default_factory=list)
-    build_configs: list[str] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
-    expected_host_key_fingerprint: str | None = None
-    work_dir: str | None = Field(default=None, description="where builds run; default: home")
+    build_configs: list[Name] = Field(default_factory=list)
+    labels: dict[Name, PlainString] = Field(default_factory=dict)
+    expected_host_key_fingerprint: Fingerprint | None = None
+    work_dir: PlainString | None = Field(default=None,
+                                         description="where builds run; default: home")
 
     def command(self, requested_by: str) -> RegisterBuildServer:
         fields = {k: getattr(self, k) for k in type(self).model_fields}
@@ -102,7 +112,7 @@ class MaintenanceSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     on: bool = True
-    reason: str = Field(default="", max_length=500)
+    reason: Text = Field(default="", max_length=500)
     start: datetime | None = Field(default=None, description="default: now")
     end: datetime | None = Field(default=None, description="default: until lifted")
 
@@ -141,7 +151,7 @@ class MaintenanceOverview(BaseModel):
 class BuildTags(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tags: list[str] = Field(min_length=1)
+    tags: list[Tag] = Field(min_length=1)
     remove: bool = False
 
 
@@ -242,7 +252,7 @@ def artifact_public(build_id: uuid.UUID, name: str, size: int, sha256: str) -> A
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, description="what the token is for")
+    name: Name = Field(max_length=100, description="what the token is for")
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 

@@ -221,6 +221,7 @@ _FIELD_OF_SSH_ERROR = {
     "unreachable": "address",
     "timeout": "address",
     "connection_refused": "ssh_port",
+    "not_ssh": "ssh_port",
     "host_key_changed": "expected_host_key_fingerprint",
 }
 

@@ -80,6 +80,28 @@ async def _register_qemu_host(cmd: RegisterQemuHost, deps: InventoryDeps,
     except SshError as exc:
         raise _refusal_from_ssh(exc, cmd) from None
     try:
+        return await _validated(cmd, deps, probe, creds, host_key, presented, facts)
+    except BaseException:
+        if facts.made_dir:
+            await _remove_made_dir(cmd, probe, creds, host_key, facts.made_dir)
+        raise
+
+
+async def _remove_made_dir(cmd: RegisterQemuHost, probe: QemuHostProbe, creds: Credentials,
+                           host_key: str, made_dir: str) -> None:
+    """A refused host keeps nothing of labfleet's: the image directory made for it goes."""
+    try:
+        await probe.remove_made_dir(cmd.address, cmd.ssh_port, creds, host_key, made_dir)
+    except Exception as exc:  # noqa: BLE001 - the refusal is what the admin must see
+        log.warning("could not remove the image directory made on the refused host",
+                    extra={"resource_name": cmd.hostname, "dir": made_dir, "error": str(exc)})
+
+
+async def _validated(cmd: RegisterQemuHost, deps: InventoryDeps, probe: QemuHostProbe,
+                     creds: Credentials, host_key: str, presented: str,
+                     facts: QemuHostFacts) -> ResourceView:
+    """The host's record from what was found, or the refusal saying what is missing."""
+    try:
         libvirt = await probe.libvirt(cmd.address, cmd.ssh_port, creds, host_key)
     except LibvirtFailure as exc:
         raise await _libvirt_refusal(exc, cmd, creds, host_key, probe) from None

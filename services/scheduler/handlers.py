@@ -38,6 +38,7 @@ from .adapters import repository as repo
 from .allocation import lock_pool, place_queued
 from .config import SchedulerConfig
 from .domain.placement import PlacementPolicy, select_build_server
+from .domain.repo_urls import allowed_schemes, url_refusal
 from .domain.servers import USABLE_HEALTH
 from .domain.submission import Rejection, check_submission
 
@@ -50,6 +51,9 @@ class SchedulerDeps:
     config: SchedulerConfig
     policy: PlacementPolicy
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    #: repository URL schemes builds may fetch (LABFLEET_BUILD_ALLOWED_URL_SCHEMES)
+    allowed_url_schemes: frozenset[str] = field(
+        default_factory=lambda: allowed_schemes(None))
 
 
 @asynccontextmanager
@@ -71,6 +75,9 @@ async def _replan(tx: Transaction, deps: SchedulerDeps) -> None:
 
 async def submit_build(cmd: SubmitBuild, deps: SchedulerDeps) -> SubmitBuildReply:
     spec = cmd.spec
+    refusal = url_refusal(spec.repo_url, deps.allowed_url_schemes)
+    if refusal is not None:
+        return SubmitBuildReply(ok=False, error=refusal)
     async with deps.db.transaction() as tx:
         await lock_pool(tx)
         now = deps.clock()

@@ -12,6 +12,7 @@ from .domain.placement import PlacementPolicy
 from .entrypoints import register
 from .env_entrypoints import register_env
 from .env_handlers import EnvDeps, EnvPlacementConfig
+from .domain.repo_urls import allowed_schemes
 from .handlers import SchedulerDeps
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -28,7 +29,9 @@ def create(settings: Settings, config: SchedulerConfig | None = None) -> Service
         min_free_disk_gb=settings.build_min_disk_gb if min_disk is None else min_disk,
         disk_warning_gb=settings.disk_warning_gb,
         sample_max_age_s=config.sample_max_age_s)
-    register(svc.bus, SchedulerDeps(db=svc.db, config=config, policy=policy))
+    register(svc.bus, SchedulerDeps(
+        db=svc.db, config=config, policy=policy,
+        allowed_url_schemes=allowed_schemes(settings.build_allowed_url_schemes)))
     env_config = EnvPlacementConfig()
     register_env(svc.bus, EnvDeps(
         db=svc.db, bus=svc.bus, builder_timeout_s=env_config.builder_timeout_s,

@@ -15,6 +15,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from .envelope import Command, Event, Reply
+from .fields import Name, PlainString
 
 
 class Severity(StrEnum):
@@ -116,18 +117,18 @@ class RuleSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    name: Name = Field(max_length=100)
     #: conditions this rule raises alerts for; empty means every condition
     conditions: list[AlertCondition] = Field(default_factory=list)
     #: the least severity an alert needs to be made by this rule
     min_severity: Severity = Severity.INFO
     #: only resources of this kind (``build_server``, ``qemu_host``, ``board`` …); None = any
-    resource_kind: str | None = None
+    resource_kind: PlainString | None = None
     #: only resources carrying all these labels
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Name, PlainString] = Field(default_factory=dict)
     enabled: bool = True
     #: names or ids of notification targets (email, webhook); the dashboard always shows it
-    targets: list[str] = Field(default_factory=list)
+    targets: list[Name] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -150,11 +151,11 @@ class TargetSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100)
+    name: Name = Field(max_length=100)
     kind: TargetKind
     #: email: recipient addresses; webhook: one http(s) URL
-    addresses: list[str] = Field(default_factory=list)
-    url: str | None = None
+    addresses: list[Name] = Field(default_factory=list)
+    url: PlainString | None = None
     #: webhook HMAC-SHA256 key; stored encrypted, never shown again
     secret: SecretStr | None = None
     enabled: bool = True

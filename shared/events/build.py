@@ -7,9 +7,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .envelope import Command, ErrorInfo, Event, Reply
+from .fields import Name, PlainString, plain_string
 from .resource import Arch
 
 
@@ -47,6 +50,16 @@ class BuildBackend(StrEnum):
     AUTO = "auto"
 
 
+def _tag(value: str) -> str:
+    tag = plain_string(value)
+    if not tag or len(tag) > 100 or any(c.isspace() or c == "," for c in tag):
+        raise ValueError(f"tag {tag!r} must be 1-100 characters without white space or commas")
+    return tag
+
+
+#: a build's tag (``release``, ``v6.1-rc2``): kept by retention, matched exactly
+Tag = Annotated[str, AfterValidator(_tag)]
+
 #: one kconfig line: ``CONFIG_FOO=y``, ``CONFIG_BAR="text"`` or ``# CONFIG_BAZ is not set``
 _KCONFIG_LINE = re.compile(r'^(CONFIG_[A-Za-z0-9_]+=("[^"\n]*"|[A-Za-z0-9_x+-]+)'
                            r'|# CONFIG_[A-Za-z0-9_]+ is not set)$')
@@ -57,20 +70,20 @@ class BuildSpec(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    repo_url: str = Field(min_length=1)
-    ref: str = Field(default="HEAD", min_length=1, description="branch, tag or commit")
+    repo_url: PlainString = Field(min_length=1)
+    ref: Name = Field(default="HEAD", description="branch, tag or commit")
     arch: Arch
     #: a kconfig target (``tinyconfig``, ``defconfig``) or, for non-kernel repos, "" (plain make)
-    config: str = ""
-    config_fragments: list[str] = Field(default_factory=list)
+    config: PlainString = ""
+    config_fragments: list[PlainString] = Field(default_factory=list)
     #: make targets to run; empty means the default target
-    make_targets: list[str] = Field(default_factory=list)
+    make_targets: list[PlainString] = Field(default_factory=list)
     #: paths (relative to the tree, globs allowed) collected as artifacts
-    artifacts: list[str] = Field(default_factory=list)
+    artifacts: list[PlainString] = Field(default_factory=list)
     #: a build server's id or name; None means "Auto"
-    server: str | None = None
+    server: PlainString | None = None
     #: only servers carrying all these labels may build it (e.g. ``{"team": "bsp"}``)
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Name, PlainString] = Field(default_factory=dict)
     #: None: ``kernel`` when a config target is given, else ``make``
     kind: BuildKind | None = None
     #: kconfig lines merged after the config target and the fragment files (a fragment
@@ -90,7 +103,7 @@ class BuildSpec(BaseModel):
             if not _KCONFIG_LINE.match(line):
                 raise ValueError(f"{line!r} is no kconfig line (write CONFIG_NAME=y, "
                                  "CONFIG_NAME=\"text\" or # CONFIG_NAME is not set)")
-        return out
+        return [plain_string(line) for line in out]  # no NUL inside a quoted value
 
     # These strings end up as arguments of git and make on a build server: a leading "-"
     # would be read as an option, and artifact paths must stay inside the source tree.
@@ -327,21 +340,9 @@ class TagBuild(Command):
 
     subject: ClassVar[str] = "build.cmd.tag"
     build_id: uuid.UUID
-    tags: list[str] = Field(min_length=1)
+    tags: list[Tag] = Field(min_length=1)
     remove: bool = False
     requested_by: str = ""
-
-    @field_validator("tags")
-    @classmethod
-    def _plain_tags(cls, v: list[str]) -> list[str]:
-        out = []
-        for tag in v:
-            tag = tag.strip()
-            if not tag or len(tag) > 100 or any(c.isspace() or c == "," for c in tag):
-                raise ValueError(f"tag {tag!r} must be 1-100 characters without white space "
-                                 "or commas")
-            out.append(tag)
-        return out
 
 
 class ArtifactsExpired(Event):

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .build import ArtifactInfo
 from .envelope import Command, ErrorInfo, Event, Reply
+from .fields import PlainString
 from .resource import Arch
 
 DEFAULT_BOOT_MARKER = "LABFLEET-BOOT-OK"
@@ -46,10 +47,10 @@ class ArtifactSelector(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     build_id: uuid.UUID | None = None
-    commit: str | None = None
-    branch: str | None = None
+    commit: PlainString | None = None
+    branch: PlainString | None = None
     #: narrows ``branch`` (the same branch name exists in many repositories)
-    repo_url: str | None = None
+    repo_url: PlainString | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ArtifactSelector:
@@ -78,18 +79,18 @@ class EnvSpec(BaseModel):
     kvm: bool = False
     artifacts: ArtifactSelector
     #: a QEMU host's id or name; None means "Auto"
-    host: str | None = None
-    boot_marker: str = Field(default=DEFAULT_BOOT_MARKER, min_length=1, max_length=200)
+    host: PlainString | None = None
+    boot_marker: PlainString = Field(default=DEFAULT_BOOT_MARKER, min_length=1, max_length=200)
     #: extra kernel command line; the console argument for the architecture is added
-    cmdline: str = Field(default="", max_length=2000)
+    cmdline: PlainString = Field(default="", max_length=2000)
     boot_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     #: how long the environment is expected to live; queued requests are estimated from it
     lease_s: float = Field(default=3600.0, gt=0)
     #: artifact names to use when the names do not tell (``bzImage`` / ``initrd`` ...)
-    kernel_artifact: str | None = None
-    initrd_artifact: str | None = None
-    rootfs_artifact: str | None = None
-    name: str = Field(default="", max_length=100)
+    kernel_artifact: PlainString | None = None
+    initrd_artifact: PlainString | None = None
+    rootfs_artifact: PlainString | None = None
+    name: PlainString = Field(default="", max_length=100)
 
     @field_validator("host")
     @classmethod

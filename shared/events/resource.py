@@ -6,9 +6,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .envelope import Command, Event, Reply
+from .fields import Address, Fingerprint, Hostname, Name, PlainString, Text
 
 
 class ResourceKind(StrEnum):
@@ -172,28 +173,21 @@ class ResourceRemoved(Event):
 class RegisterBuildServer(Command):
     subject: ClassVar[str] = "resource.cmd.register_build_server"
 
-    hostname: str = Field(min_length=1, max_length=253)
-    address: str = Field(min_length=1)
+    hostname: Hostname
+    address: Address
     ssh_port: int = Field(default=22, ge=1, le=65535)
-    username: str = Field(min_length=1)
+    username: Name
     password: SecretStr | None = None
     private_key: SecretStr | None = None
     architectures: list[Arch] = Field(default_factory=list)
-    build_configs: list[str] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
+    build_configs: list[Name] = Field(default_factory=list)
+    labels: dict[Name, PlainString] = Field(default_factory=dict)
     #: the fingerprint the admin accepted; when given, a different key is refused
-    expected_host_key_fingerprint: str | None = None
+    expected_host_key_fingerprint: Fingerprint | None = None
     #: where builds run and whose free disk counts; None = the user's home directory
-    work_dir: str | None = None
+    work_dir: PlainString | None = None
     #: who asked, for the audit record
     requested_by: str = ""
-
-    @field_validator("hostname")
-    @classmethod
-    def _hostname_shape(cls, v: str) -> str:
-        if any(c.isspace() for c in v):
-            raise ValueError("hostname must not contain white space")
-        return v
 
 
 class RegisterQemuHost(Command):
@@ -204,15 +198,15 @@ class RegisterQemuHost(Command):
 
     subject: ClassVar[str] = "resource.cmd.register_qemu_host"
 
-    hostname: str = Field(min_length=1, max_length=253)
-    address: str = Field(min_length=1)
+    hostname: Hostname
+    address: Address
     ssh_port: int = Field(default=22, ge=1, le=65535)
-    username: str = Field(min_length=1)
+    username: Name
     password: SecretStr | None = None
     private_key: SecretStr | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[Name, PlainString] = Field(default_factory=dict)
     #: the fingerprint the admin accepted; when given, a different key is refused
-    expected_host_key_fingerprint: str | None = None
+    expected_host_key_fingerprint: Fingerprint | None = None
     #: guest architectures the host must emulate (refused when one lacks its QEMU);
     #: empty = whatever the host turns out to have
     guest_architectures: list[Arch] = Field(default_factory=list)
@@ -220,16 +214,9 @@ class RegisterQemuHost(Command):
     allocatable_vcpus: int | None = Field(default=None, ge=1)
     allocatable_memory_mb: int | None = Field(default=None, ge=64)
     #: where deployed kernels and images are cached; None = ``~/labfleet-images``
-    image_dir: str | None = None
+    image_dir: PlainString | None = None
     #: who asked, for the audit record
     requested_by: str = ""
-
-    @field_validator("hostname")
-    @classmethod
-    def _hostname_shape(cls, v: str) -> str:
-        if any(c.isspace() for c in v):
-            raise ValueError("hostname must not contain white space")
-        return v
 
 
 class RegistrationReply(Reply):
@@ -269,7 +256,7 @@ class SetMaintenance(Command):
     subject: ClassVar[str] = "resource.cmd.set_maintenance"
     resource_id: uuid.UUID
     on: bool
-    reason: str = ""
+    reason: Text = ""
     start: datetime | None = None
     end: datetime | None = None
     requested_by: str = ""

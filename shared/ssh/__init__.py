@@ -14,6 +14,7 @@ from .errors import (
     ConnectTimeout,
     HostKeyMismatch,
     HostUnreachable,
+    NotAnSshServer,
     RemoteCommandFailed,
     SshError,
 )
@@ -21,6 +22,6 @@ from .pool import Credentials, SshPool, fingerprint, probe_host_key, same_key, v
 
 __all__ = [
     "AuthenticationFailed", "ConnectTimeout", "ConnectionRefused", "Credentials",
-    "HostKeyMismatch", "HostUnreachable", "RemoteCommandFailed", "SshError", "SshPool",
-    "fingerprint", "probe_host_key", "same_key", "verify_host_key",
+    "HostKeyMismatch", "HostUnreachable", "NotAnSshServer", "RemoteCommandFailed", "SshError",
+    "SshPool", "fingerprint", "probe_host_key", "same_key", "verify_host_key",
 ]

@@ -50,6 +50,23 @@ class ConnectionRefused(SshError):
 
 
 @dataclass
+class NotAnSshServer(SshError):
+    """Something accepted the TCP connection but did not speak SSH (closed it, or sent no
+    SSH greeting)."""
+
+    code: str = field(default="not_ssh", init=False)
+
+    @property
+    def message(self) -> str:
+        return (f"no SSH server answered on {self.host}:{self.port}: the connection was "
+                f"accepted but {self.detail}")
+
+    @property
+    def hint(self) -> str:
+        return "check the SSH port: another service listens on it, not sshd"
+
+
+@dataclass
 class ConnectTimeout(SshError):
     code: str = field(default="timeout", init=False)
 

@@ -18,6 +18,7 @@ from .errors import (
     ConnectTimeout,
     HostKeyMismatch,
     HostUnreachable,
+    NotAnSshServer,
     RemoteCommandFailed,
     SshError,
 )
@@ -49,9 +50,14 @@ def fingerprint(public_key_line: str) -> str:
     return str(asyncssh.import_public_key(public_key_line).get_fingerprint("sha256"))
 
 
-def _classify(exc: BaseException, host: str, port: int, username: str, timeout: float) -> SshError:
+def _classify(exc: BaseException, host: str, port: int, username: str, timeout: float,
+              *, connecting: bool = False) -> SshError:
     if isinstance(exc, SshError):
         return exc
+    if connecting and isinstance(exc, asyncssh.ConnectionLost | ConnectionResetError):
+        return NotAnSshServer(host, port, "closed before the SSH greeting")
+    if connecting and isinstance(exc, asyncssh.ProtocolError):
+        return NotAnSshServer(host, port, f"what it sent is not SSH ({exc.reason})")
     if isinstance(exc, asyncssh.PermissionDenied):
         return AuthenticationFailed(host, port, str(exc), username=username)
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
@@ -104,7 +110,7 @@ async def probe_host_key(host: str, port: int, timeout: float = 10.0,
     except BaseException as exc:  # noqa: BLE001 - classified
         if isinstance(exc, asyncio.CancelledError):
             raise
-        raise _classify(exc, host, port, "", timeout) from None
+        raise _classify(exc, host, port, "", timeout, connecting=True) from None
     if key is None:
         raise SshError(host, port, "the server presented no host key")
     return key.export_public_key("openssh").decode().strip()
@@ -199,7 +205,8 @@ class SshPool:
                 raise HostKeyMismatch(
                     host, port, "host key changed",
                     expected=str(pinned.get_fingerprint("sha256")), presented=presented) from None
-            raise _classify(exc, host, port, creds.username, self.connect_timeout) from None
+            raise _classify(exc, host, port, creds.username, self.connect_timeout,
+                            connecting=True) from None
         return conn
 
     async def _get(self, host: str, port: int, creds: Credentials,

@@ -99,7 +99,9 @@ class Stack:
 async def stack(settings_factory, nats_url, unique) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
     # retention: artifacts older than ~1 s go, looked for every second
     settings = settings_factory(credential_key=CREDENTIAL_KEY, monitor_interval_s=1.0,
-                                artifact_retention_days=1.5 / 86400)
+                                artifact_retention_days=1.5 / 86400,
+                                # the test repository is a local one: file:// allowed
+                                build_allowed_url_schemes="https,http,git,ssh,file")
     nc = await nats.connect(nats_url)
     s = Stack(nc, unique)
     for factory in (create_inventory, create_monitor, create_scheduler):

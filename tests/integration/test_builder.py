@@ -71,6 +71,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 if platform.machine() != "x86_64" or not shutil.which("gcc"):
     pytest.skip("these builds need an x86_64 machine with gcc", allow_module_level=True)
 
+#: the test repositories are local ones on the build server (file://): an admin choice
+LOCAL_REPOS_ALLOWED = "https,http,git,ssh,file"
 TERMINAL = {BuildStatus.SUCCEEDED, BuildStatus.FAILED, BuildStatus.CANCELLED}
 
 # ---- a git repository to build ------------------------------------------------------
@@ -238,7 +240,8 @@ async def start_lab(settings_factory: Any, nats_url: str, sshd: Any, unique: str
                     ) -> Lab:
     nc = await nats.connect(nats_url)
     lab = Lab(nc=nc, sshd=sshd, label=unique)
-    settings = settings_factory()
+    # the test repositories are local ones on the build server: the admin allows file://
+    settings = settings_factory(build_allowed_url_schemes=LOCAL_REPOS_ALLOWED)
 
     async def credentials(msg: Any) -> None:
         cmd = GetCredentials.model_validate_json(msg.data)
@@ -515,7 +518,7 @@ async def test_builder_killed_mid_compile_runs_a_next_attempt(settings_factory, 
     records the attempt as interrupted, builds again: succeeded once, attempts == 2."""
     lab = await start_lab(settings_factory, nats_url, sshd, unique, with_builder=False)
     procs: list[subprocess.Popen[bytes]] = []
-    settings = settings_factory()
+    settings = settings_factory(build_allowed_url_schemes=LOCAL_REPOS_ALLOWED)
     env = {**os.environ, "LABFLEET_NATS_URL": settings.nats_url,
            "LABFLEET_DATABASE_URL": settings.database_url,
            "LABFLEET_ACK_WAIT_S": str(settings.ack_wait_s),

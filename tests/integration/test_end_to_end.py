@@ -52,7 +52,9 @@ def stack(tmp_path: Path):  # type: ignore[no-untyped-def]
     data = tmp_path / "up"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABFLEET_")}
-    env.update(LABFLEET_MONITOR_INTERVAL_S="1", LABFLEET_LOG_JSON="false")
+    env.update(LABFLEET_MONITOR_INTERVAL_S="1", LABFLEET_LOG_JSON="false",
+               # the build's repository is a local path on the build server
+               LABFLEET_BUILD_ALLOWED_URL_SCHEMES="https,http,git,ssh,file")
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "labfleet.cli.main", "up", "--data-dir", str(data),

@@ -186,7 +186,7 @@ async def test_503_names_the_service_that_is_not_running(gateway: RunningGateway
         err = r.json()["error"]
         assert err["code"] == "service_unavailable"
         assert "inventory" in err["message"] and "resource.cmd.get" in err["message"]
-        spec = {"repo_url": "file:///tmp/x.git", "ref": "main", "arch": "x86_64"}
+        spec = {"repo_url": "https://git.example.invalid/x.git", "ref": "main", "arch": "x86_64"}
         r = await api.post("/api/v1/builds", json=spec)
         assert r.status_code == 503
         assert "scheduler" in r.json()["error"]["message"]
@@ -258,13 +258,13 @@ async def test_listing_2000_servers_is_paged_and_filtered_on_the_server(
 
 def build_view(build_id: uuid.UUID, status: BuildStatus = BuildStatus.RUNNING,
                artifacts: list[ArtifactInfo] | None = None) -> BuildView:
-    return BuildView(build_id=build_id, spec=BuildSpec(repo_url="file:///r.git", ref="main",
+    return BuildView(build_id=build_id, spec=BuildSpec(repo_url="https://git.example.invalid/r.git", ref="main",
                                                        arch=Arch.X86_64),
                      status=status, created_at=datetime.now(UTC), artifacts=artifacts or [])
 
 
 async def test_submit_maps_the_schedulers_answers(gateway: RunningGateway) -> None:
-    spec = {"repo_url": "file:///r.git", "ref": "main", "arch": "arm64", "server": "bs-1"}
+    spec = {"repo_url": "https://git.example.invalid/r.git", "ref": "main", "arch": "arm64", "server": "bs-1"}
     build_id = uuid.uuid4()
     async with gateway.client() as api:
         async with responder(gateway.nc, "build.cmd.submit", fixed(SubmitBuildReply(

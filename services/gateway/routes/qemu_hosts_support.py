@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from labfleet.shared.events.envelope import ErrorInfo
+from labfleet.shared.events.fields import Address, Fingerprint, Hostname, Name, PlainString
 from labfleet.shared.events.health import (
     GetHostDetails,
     GetSampleHistory,
@@ -57,22 +58,23 @@ WINDOWS: dict[str, tuple[timedelta, int | None]] = {
 class QemuHostCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    hostname: str = Field(min_length=1, max_length=253, description="unique name")
-    address: str = Field(min_length=1, description="IP address or DNS name to reach it")
+    hostname: Hostname = Field(description="unique name (compared without case)")
+    address: Address
     ssh_port: int = Field(default=22, ge=1, le=65535)
-    username: str = Field(min_length=1, description="SSH user that may use qemu:///system")
+    username: Name = Field(description="SSH user that may use qemu:///system")
     password: SecretStr | None = None
     private_key: SecretStr | None = Field(default=None, description="OpenSSH private key text")
-    labels: dict[str, str] = Field(default_factory=dict)
-    expected_host_key_fingerprint: str | None = None
+    labels: dict[Name, PlainString] = Field(default_factory=dict)
+    expected_host_key_fingerprint: Fingerprint | None = None
     guest_architectures: list[Arch] = Field(
         default_factory=list, description="guests the host must run; refused if one lacks QEMU")
     allocatable_vcpus: int | None = Field(default=None, ge=1,
                                           description="vCPUs VMs may take; default all cores")
     allocatable_memory_mb: int | None = Field(
         default=None, ge=64, description="memory VMs may take; default all but 1 GiB")
-    image_dir: str | None = Field(default=None, description="default ~/labfleet-images")
-    libvirt_uri: str | None = Field(
+    image_dir: PlainString | None = Field(default=None,
+                                          description="default ~/labfleet-images")
+    libvirt_uri: PlainString | None = Field(
         default=None, description="optional; labfleet derives qemu+ssh://user@address:port/system")
 
     @field_validator("libvirt_uri")

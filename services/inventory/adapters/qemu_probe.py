@@ -41,7 +41,20 @@ for d in libvirtd virtqemud; do
 done
 virsh -c qemu:///system version 2>&1 || true
 """
-IMAGE_DIR_SCRIPT = 'mkdir -p -- "$1" && cd -- "$1" && pwd && df -Pk .'
+#: creates the image directory; the first line names the topmost directory it made
+#: ("made:" alone when the directory existed), so a refused registration can take it away
+IMAGE_DIR_SCRIPT = """
+top=""; p="$1"
+while [ ! -e "$p" ] && [ "$p" != / ] && [ "$p" != . ]; do top="$p"; p=$(dirname -- "$p"); done
+mkdir -p -- "$1" && printf 'made:%s\\n' "$top" && cd -- "$1" && pwd && df -Pk .
+"""
+#: removes what IMAGE_DIR_SCRIPT made, as long as nothing was put into it (empty
+#: directories only: a file in it is never deleted)
+REMOVE_MADE_SCRIPT = """
+case "$1" in /*) t="$1";; *) t="./$1";; esac
+[ -d "$t" ] && find "$t" -depth -type d -empty -delete
+true
+"""
 
 
 @dataclass
@@ -52,6 +65,8 @@ class QemuHostFacts:
     image_dir: str
     df: str
     kvm: KvmSupport
+    #: the topmost directory the probe created for the images ("" = it existed)
+    made_dir: str = ""
     #: emulator program → its ``--version`` output (absent: did not answer)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -135,10 +150,22 @@ class QemuHostProbe(SshProbe):
             nproc, meminfo, image_df, kvm_support, versions = results
         finally:
             await session.close()
-        where, _, df = str(image_df).partition("\n")
+        made, _, rest = str(image_df).partition("\n")
+        where, _, df = rest.partition("\n")
         return QemuHostFacts(machine=machine.strip(), nproc=str(nproc), meminfo=str(meminfo),
                              image_dir=where.strip(), df=df, kvm=kvm_support,  # type: ignore[arg-type]
-                             versions={p: v for p, v in versions if v})  # type: ignore[union-attr]
+                             versions={p: v for p, v in versions if v},  # type: ignore[union-attr]
+                             made_dir=made.removeprefix("made:").strip())
+
+    async def remove_made_dir(self, address: str, port: int, creds: Credentials,
+                              host_key: str, made_dir: str) -> None:
+        """Take away the (still empty) image directory a refused registration made."""
+        session = self.session(address, port, creds, host_key)
+        try:
+            await session.run(["sh", "-c", REMOVE_MADE_SCRIPT, "labfleet-image-dir", made_dir],
+                              check=True, timeout=30)
+        finally:
+            await session.close()
 
     async def libvirt(self, address: str, port: int, creds: Credentials, host_key: str
                       ) -> LibvirtFacts:

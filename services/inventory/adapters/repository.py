@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 from labfleet.shared.db import Database, Transaction
+from labfleet.shared.events.fields import canonical_address, canonical_hostname
 from labfleet.shared.events.resource import (
     BuildServerCapabilities,
     Lifecycle,
@@ -95,16 +96,35 @@ class ResourceRepository:
         self.db = db
 
     async def check_free(self, kind: ResourceKind, name: str, address: str, port: int) -> None:
-        """Refuse early (before any SSH) a name or address already taken."""
+        """Refuse early (before any SSH) a name or address already taken: names compare
+        without case, addresses in their canonical form (``10.231.11`` is
+        ``10.231.0.11``), whatever form an older row was stored in."""
+        name, address = canonical_hostname(name), canonical_address(address)
         row = await self.db.fetchrow(
-            "SELECT bool_or(name = $2) AS name_taken, "
-            "bool_or(kind = $1 AND address = $3 AND port = $4) AS address_taken "
-            "FROM resources WHERE name = $2 OR (kind = $1 AND address = $3 AND port = $4)",
+            "SELECT bool_or(lower(name) = $2) AS name_taken, "
+            "bool_or(kind = $1 AND lower(address) = $3 AND port = $4) AS address_taken "
+            "FROM resources WHERE lower(name) = $2 OR (kind = $1 AND lower(address) = $3 "
+            "AND port = $4)",
             kind.value, name, address, port)
+        if not (row and (row["name_taken"] or row["address_taken"])):
+            row = await self._taken_in_another_form(kind, address, port) or row
         if row and row["name_taken"]:
             raise duplicate_name(name)
         if row and row["address_taken"]:
             raise duplicate_address(address, port)
+
+    async def _taken_in_another_form(self, kind: ResourceKind, address: str, port: int
+                                     ) -> dict[str, bool] | None:
+        """Rows stored before addresses were canonicalised, compared in canonical form."""
+        rows = await self.db.fetch(
+            "SELECT address FROM resources WHERE kind = $1 AND port = $2", kind.value, port)
+        for r in rows:
+            try:
+                if canonical_address(r["address"] or "") == address:
+                    return {"name_taken": False, "address_taken": True}
+            except ValueError:
+                continue
+        return None
 
     async def add(self, tx: Transaction, resource: StoredResource) -> None:
         """Insert; a name or address taken meanwhile by a concurrent registration is refused."""

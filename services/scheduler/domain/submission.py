@@ -22,7 +22,7 @@ class Rejection(Exception):
 def resolve_server(ref: str, pool: Sequence[BuildServerState]) -> BuildServerState:
     """The server ``ref`` names (id or name); raises :class:`Rejection` when none or several."""
     by_id = [s for s in pool if str(s.server_id) == ref]
-    found = by_id or [s for s in pool if s.name == ref]
+    found = by_id or [s for s in pool if s.name.lower() == ref.strip().lower()]
     if not found:
         names = ", ".join(sorted(s.name for s in pool)) or "none registered"
         raise Rejection(ErrorInfo(
