@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -134,7 +136,10 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(chaos_lab: dict[str, Any], tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(chaos_lab: dict[str, Any]) -> AsyncIterator[Stack]:
+    # outside pytest's temporary root, which pytest keeps at 0700: the embedded PostgreSQL
+    # runs as an unprivileged user and is started again in the middle of the test
+    tmp_path = Path(tempfile.mkdtemp(prefix="labfleet-chaos-test-"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABFLEET_")}
     env.update(LABFLEET_MONITOR_INTERVAL_S="1", LABFLEET_LOG_JSON="false",
@@ -176,6 +181,7 @@ async def stack(chaos_lab: dict[str, Any], tmp_path: Path) -> AsyncIterator[Stac
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         print(f"\n[chaos] supervisor log (last lines):\n{s.log()[-6000:]}")
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 # ---- the pieces of the scenario -------------------------------------------------------
@@ -186,6 +192,8 @@ async def register(s: Stack, lab: dict[str, Any]) -> dict[str, str]:
     from labfleet.lab.api import registration_payloads
 
     for path, body in registration_payloads(lab):
+        if path not in ("/api/v1/build-servers", "/api/v1/qemu-hosts"):
+            continue  # the lab's flash station: no board is part of this test
         r = await s.call("POST", path, json=body)
         assert r.status_code == 201, (path, r.status_code, r.text[:500])
     async with asyncio.timeout(120):
