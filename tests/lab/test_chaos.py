@@ -136,16 +136,17 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(chaos_lab: dict[str, Any]) -> AsyncIterator[Stack]:
-    # outside pytest's temporary root, which pytest keeps at 0700: the embedded PostgreSQL
-    # runs as an unprivileged user and is started again in the middle of the test
-    tmp_path = Path(tempfile.mkdtemp(prefix="labfleet-chaos-test-"))
+async def stack(chaos_lab: dict[str, Any], tmp_path: Path) -> AsyncIterator[Stack]:
+    # the data outside pytest's temporary root, which pytest keeps at 0700: the embedded
+    # PostgreSQL runs as an unprivileged user and is started again in the middle of the
+    # test; the supervisor's log stays with pytest's temporary files
+    data_root = Path(tempfile.mkdtemp(prefix="labfleet-chaos-test-"))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABFLEET_")}
     env.update(LABFLEET_MONITOR_INTERVAL_S="1", LABFLEET_LOG_JSON="false",
                LABFLEET_ACK_WAIT_S="10", LABFLEET_BUILD_MIN_DISK_GB="1",
                LABFLEET_DISK_WARNING_GB="1", LABFLEET_LAB_DIR=CHAOS_LAB_DIR)
-    data_dir = tmp_path / "data"
+    data_dir = data_root / "data"
     log_path = tmp_path / "up.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -181,7 +182,8 @@ async def stack(chaos_lab: dict[str, Any]) -> AsyncIterator[Stack]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         print(f"\n[chaos] supervisor log (last lines):\n{s.log()[-6000:]}")
-        shutil.rmtree(tmp_path, ignore_errors=True)
+        print(f"[chaos] the whole log: {log_path}")
+        shutil.rmtree(data_root, ignore_errors=True)
 
 
 # ---- the pieces of the scenario -------------------------------------------------------
@@ -267,8 +269,15 @@ async def all_answer(s: Stack, since: float, timeout: float = 120.0) -> float:
 async def restart_nats(s: Stack, server_ids: dict[str, str], during: str) -> None:
     pid = s.run.read_pid("nats-server")
     assert pid is not None
-    started, wall = time.monotonic(), time.time()
+    started = time.monotonic()
     os.kill(pid, signal.SIGTERM)  # stopped as an admin stops it; the supervisor starts it
+    async with asyncio.timeout(30):  # gone (not still draining) before anything is timed
+        while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.05)
+        while s.run.read_pid("nats-server") in (None, pid):
+            await asyncio.sleep(0.05)
+    wall = time.time()
+    back = time.monotonic() - started
     answered = await all_answer(s, started)
     # the monitor writes its (memory-stored, so lost) samples bucket again: a sample newer
     # than the restart shows on a server's page
@@ -280,7 +289,8 @@ async def restart_nats(s: Stack, server_ids: dict[str, str], during: str) -> Non
             if at and _epoch(at) > wall:
                 break
             await asyncio.sleep(0.5)
-    report(what="restart", server="nats", during=during, all_answer_s=round(answered, 2),
+    report(what="restart", server="nats", during=during, server_back_s=round(back, 2),
+           all_answer_s=round(answered, 2),
            fresh_sample_s=round(time.monotonic() - started, 2))
 
 
@@ -483,5 +493,8 @@ async def test_every_service_killed_and_the_servers_restarted_mid_work(
     assert not [n for n in lab_domains(lab, "qemu1") if n.startswith("labfleet-")]
     assert not orphan_makes(builds)
     assert not await open_reservations(s, builds, [env_id])
+    # nothing given up on: no message of any consumer went to the dead-letter stream
+    dead = await events(s, ["deadletter.>"])
+    assert not dead, [(subj, d.get("error")) for subj, d in dead]
     report(what="recovery", seconds={k: round(v, 2) for k, v in recovery.items()},
            total_s=round(time.monotonic() - started, 1))
