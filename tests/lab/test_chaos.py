@@ -473,7 +473,10 @@ async def test_every_service_killed_and_the_servers_restarted_mid_work(
         assert starts == numbers, (b, starts, v["attempts"])
         assert v["attempts"][-1]["outcome"] == "succeeded", v["attempts"]
         assert all(a["outcome"] in ("interrupted", "lost") for a in v["attempts"][:-1]), v
-    assert len(views[kernel]["attempts"]) == 2, views[kernel]["attempts"]  # the builder kill
+    # the builder kill costs one attempt; restarting NATS or PostgreSQL mid-compile may cost
+    # one more (an attempt that could not report its heartbeat is handed over), which the
+    # checks above show was recorded as it happened
+    assert 2 <= len(views[kernel]["attempts"]) <= 3, views[kernel]["attempts"]
     report(what="builds", count=len(views),
            attempts={b[:8]: len(v["attempts"]) for b, v in views.items()})
 
