@@ -79,6 +79,40 @@ class Stack:
             lines.append(f"PostgreSQL: {redact_url(self.database_url)} (from LABFLEET_DATABASE_URL)")
         return lines
 
+    def revive(self, say: Say) -> list[str]:
+        """Start again an embedded server that died (killed, crashed, OOM); their names.
+
+        The services keep their URLs: NATS comes back on its port with its JetStream store
+        and identities, PostgreSQL on its socket in the same data directory; their clients
+        reconnect by themselves.  Blocking: call it from a thread.
+        """
+        revived = []
+        if self.nats is not None and self.nats.process.poll() is not None:
+            code = self.nats.process.returncode
+            say(f"embedded nats-server (pid {self.nats.process.pid}) died ({_exit(code)}): "
+                "starting it again on the same port and store")
+            port = urlsplit(self.nats.url).port
+            self.nats = start_nats(self.nats.conf_path.parent, port=port)
+            say(f"embedded nats-server is back (pid {self.nats.process.pid})")
+            revived.append("nats-server")
+        if self.postgres is not None and not self.postgres_running:
+            say("embedded PostgreSQL died: starting it again on the same data directory")
+            server = self.postgres.server
+            with server._lock:  # pgserver's own inter-process lock around its start
+                server.ensure_postgres_running()
+            say(f"embedded PostgreSQL is back (pid {self.postgres_pid})")
+            revived.append("postgres")
+        return revived
+
+    @property
+    def postgres_running(self) -> bool:
+        pid = self.postgres_pid
+        if pid is None:
+            return False
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return False
+
     def stop(self, say: Say) -> None:
         if self.nats is not None:
             say(f"stopping embedded nats-server (pid {self.nats.process.pid})")
@@ -86,6 +120,12 @@ class Stack:
         if self.postgres is not None:
             say(f"stopping embedded PostgreSQL (pid {self.postgres_pid})")
             self.postgres.stop()
+
+
+def _exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"signal {-code}"
+    return f"exit code {code}"
 
 
 def start_stack(settings: Settings, data_dir: Path, run: RunFiles, say: Say) -> Stack:

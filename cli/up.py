@@ -29,6 +29,7 @@ from .stack import Stack, start_stack, stop_orphan
 from .supervisor import ChildSpec, Output, Supervisor, service_argv
 
 STILL_WAITING_EVERY_S = 30.0
+SERVER_CHECK_EVERY_S = 1.0
 
 
 def up(
@@ -159,16 +160,31 @@ async def _supervise(specs: list[ChildSpec], stack: Stack, run_files: RunFiles, 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     await supervisor.start()
+    watch = asyncio.create_task(_keep_servers_running(stack, run_files, out))
     announce = asyncio.create_task(
         _announce_when_ready(supervisor, stack.operator_url, [s.name for s in specs], out,
                              http_url, data_dir, demo))
     try:
         await stop.wait()
     finally:
-        announce.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await announce
+        for task in (announce, watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await supervisor.stop()
+
+
+async def _keep_servers_running(stack: Stack, run_files: RunFiles, out: Output) -> None:
+    """Start an embedded NATS or PostgreSQL again when it dies, as the services are."""
+    while True:
+        await asyncio.sleep(SERVER_CHECK_EVERY_S)
+        try:
+            revived = await asyncio.to_thread(stack.revive, out.say)
+        except Exception as exc:  # noqa: BLE001 - tried again at the next check
+            out.say(f"could not start an embedded server again: {exc}")
+            continue
+        if "nats-server" in revived and stack.nats is not None:
+            run_files.write_pid("nats-server", stack.nats.process.pid)
 
 
 async def _announce_when_ready(supervisor: Supervisor, nats_url: str, names: list[str],

@@ -14,3 +14,5 @@ class DeployerConfig(BaseSettings):
     builder_timeout_s: float = 10.0
     ssh_connect_timeout_s: float = 10.0
     ssh_command_timeout_s: float = 120.0
+    #: a deployment taken up this many times (the deployer died during each) fails
+    max_attempts: int = 3

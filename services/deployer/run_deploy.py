@@ -76,13 +76,30 @@ async def deploy(deps: DeployerDeps, env_id: uuid.UUID, number: int, progress: P
             return
         if dep["status"] in ("booted", "failed", "superseded") or env["current"] != number:
             return
-        await repo.update_deployment(tx, env_id, number, status="transferring",
-                                     started_at=now())
-        await repo.set_status(tx, env_id, EnvStatus.DEPLOYING)
-        await tx.emit(EnvStatusChanged(env_id=env_id, status=EnvStatus.DEPLOYING,
-                                       detail=f"deployment {number}"))
-        await tx.emit(DeployStarted(env_id=env_id, deployment=number, host_id=env["host_id"],
-                                    build_id=dep["build_id"]))
+        attempts = dep["attempts"] + 1
+        if attempts > deps.config.max_attempts:
+            given_up = True
+        else:
+            given_up = False
+            # counted in the database before the work starts: a deployer killed during it
+            # finds the count on redelivery
+            first = {"started_at": now()} if attempts == 1 else {}
+            await repo.update_deployment(tx, env_id, number, status="transferring",
+                                         attempts=attempts, **first)
+            await repo.set_status(tx, env_id, EnvStatus.DEPLOYING)
+            await tx.emit(EnvStatusChanged(env_id=env_id, status=EnvStatus.DEPLOYING,
+                                           detail=f"deployment {number}, attempt {attempts}"))
+            await tx.emit(DeployStarted(env_id=env_id, deployment=number,
+                                        host_id=env["host_id"], build_id=dep["build_id"]))
+    if given_up:
+        error = ErrorInfo(code="deploy_interrupted",
+                          message=f"deployment {number} was interrupted {attempts - 1} times "
+                                  "(the deployer stopped during each attempt)",
+                          hint="read the deployer's log; redeploy when it runs steadily")
+        await _remove_left_vm(deps, env["host_id"], env_id)
+        await _finish_failed(deps, env_id, number, env["host_id"], BootFailure.DEPLOY_ERROR,
+                             error, "", {})
+        return
     spec = EnvSpec.model_validate_json(env["spec"])
     resolved = ResolvedArtifacts.model_validate_json(dep["resolved"])
     host_id: uuid.UUID = env["host_id"]
@@ -188,6 +205,19 @@ async def deploy(deps: DeployerDeps, env_id: uuid.UUID, number: int, progress: P
                            "deployment")
     await _finish_failed(deps, env_id, number, host_id, result.failure, error,
                          judge.excerpt(), timings, boot_log=judge.text)
+
+
+async def _remove_left_vm(deps: DeployerDeps, host_id: uuid.UUID | None,
+                          env_id: uuid.UUID) -> None:
+    """The VM an interrupted attempt may have left running (best effort: no host, no VM)."""
+    if host_id is None:
+        return
+    try:
+        access = await host_access(deps.bus, host_id)
+        await deps.libvirt.remove_domain(access, vm_name(env_id))
+    except (HostUnavailable, LibvirtFailed, SshError) as exc:
+        log.warning("could not remove the VM of an interrupted deployment",
+                    extra={"env_id": str(env_id), "error": str(exc)})
 
 
 def _failure_message(result: BootResult) -> str:

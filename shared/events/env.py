@@ -245,6 +245,8 @@ class DeploymentView(BaseModel):
     finished_at: datetime | None = None
     transferred_bytes: int = 0
     timings: dict[str, float] = Field(default_factory=dict)
+    #: times the deployer took this deployment up (more than 1: it died meanwhile)
+    attempts: int = 0
 
 
 class EnvView(BaseModel):

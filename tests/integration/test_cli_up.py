@@ -260,3 +260,38 @@ async def _ping(url: str, names: list[str]) -> dict[str, object]:
     from labfleet.cli.health import ping_all
 
     return dict(await ping_all(url, names, timeout=5))
+
+
+def test_a_dead_embedded_server_is_started_again_on_the_same_address(tmp_path: Path,
+                                                                     unique: str) -> None:
+    """What ``labfleet up`` does every second: NATS killed outright and PostgreSQL stopped
+    (a fast shutdown) come back where the services look for them, with their data."""
+    from labfleet.cli.datadir import RunFiles
+    from labfleet.cli.stack import start_stack
+    from labfleet.shared.settings import Settings
+
+    said: list[str] = []
+    data_dir = tmp_path / "data"
+    stack = start_stack(Settings(nats_url=None, database_url=None), data_dir, RunFiles(data_dir),
+                        said.append)
+    try:
+        nats_url, db_url = stack.nats_url, stack.database_url
+        operator = stack.operator_url
+        asyncio.run(write_state(operator, db_url, unique))
+        assert stack.revive(said.append) == []  # both alive: nothing is touched
+        old_nats, old_pg = stack.nats.process.pid, stack.postgres_pid  # type: ignore[union-attr]
+        os.kill(old_nats, signal.SIGKILL)
+        os.kill(old_pg, signal.SIGINT)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 30
+        while alive(old_pg) or stack.nats.process.poll() is None:  # type: ignore[union-attr,arg-type]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert stack.revive(said.append) == ["nats-server", "postgres"]
+        assert stack.nats.url == nats_url and stack.postgres.url == db_url  # type: ignore[union-attr]
+        assert stack.nats.process.pid != old_nats and stack.postgres_pid != old_pg  # type: ignore[union-attr]
+        data, rows = asyncio.run(read_state(operator, db_url, unique))
+        assert data == unique.encode() and rows == [unique]
+        assert any("died (signal 9)" in line for line in said), said
+        assert any("PostgreSQL is back" in line for line in said), said
+    finally:
+        stack.stop(said.append)

@@ -107,7 +107,8 @@ def _deployment_view(row: asyncpg.Record) -> DeploymentView:
         status=row["status"], failure=row["failure"],
         error=ErrorInfo.model_validate_json(row["error"]) if row["error"] else None,
         started_at=row["started_at"], finished_at=row["finished_at"],
-        transferred_bytes=row["transferred_bytes"], timings=json.loads(row["timings"]))
+        transferred_bytes=row["transferred_bytes"], timings=json.loads(row["timings"]),
+        attempts=row["attempts"])
 
 
 def _env_view(row: asyncpg.Record, deployments: list[asyncpg.Record]) -> EnvView:

@@ -82,6 +82,11 @@ class SharedState:
             entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:
             return None
+        except (nats.js.errors.NotFoundError, nats.js.errors.NoStreamResponseError):
+            # the bucket went with a NATS restart (samples live in memory) until its owner
+            # makes it again: nothing to read yet, and the handle is looked up anew
+            self._kv.pop(bucket, None)
+            return None
         return entry.value if entry.value else None
 
     async def latest_sample(self, resource_id: uuid.UUID) -> HostSample | None:
