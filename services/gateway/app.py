@@ -171,11 +171,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route takes at the request's path (Starlette names only the
-    first route that matched the path)."""
+    """Every method the request's path takes (Starlette names only the first route that
+    matched the path).  Where a literal path and a templated one both match
+    (``/build-servers/maintenance`` and ``/build-servers/{server_id}``), the path is the
+    one with the fewest parameters, as the OpenAPI document describes it."""
     path = request.url.path
-    return sorted({m for regex, methods in request.app.state.route_methods
-                   if regex.match(path) for m in methods})
+    matches = [(template.count("{"), methods)
+               for regex, methods, template in request.app.state.route_methods
+               if regex.match(path)]
+    if not matches:
+        return []
+    fewest = min(n for n, _ in matches)
+    return sorted({m for n, methods in matches if n == fewest for m in methods})
 
 
 def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
@@ -183,9 +190,11 @@ def _templates(router: APIRouter, prefix: str) -> dict[Any, str]:
             if isinstance(route, APIRoute)}
 
 
-def _methods(router: APIRouter, prefix: str) -> list[tuple[re.Pattern[str], set[str]]]:
-    """(path regex, methods) of each route, for the ``Allow`` header of a 405."""
-    return [(compile_path(prefix + route.path)[0], set(route.methods or ()))
+def _methods(router: APIRouter, prefix: str
+             ) -> list[tuple[re.Pattern[str], set[str], str]]:
+    """(path regex, methods, path template) of each route, for the ``Allow`` of a 405."""
+    return [(compile_path(prefix + route.path)[0], set(route.methods or ()),
+             prefix + route.path)
             for route in router.routes if isinstance(route, APIRoute)]
 
 

@@ -195,7 +195,13 @@ async def test_build_page_streams_the_log_live_and_offers_the_artifact(
         gateway: RunningGateway, browser) -> None:  # type: ignore[no-untyped-def]
     import hashlib
 
-    from labfleet.shared.events.build import ArtifactInfo, BuildReply, BuildStatus, LogChunk
+    from labfleet.shared.events.build import (
+        ArtifactInfo,
+        ArtifactListReply,
+        BuildReply,
+        BuildStatus,
+        LogChunk,
+    )
 
     from tests.integration.test_gateway_api import build_view
 
@@ -218,10 +224,12 @@ async def test_build_page_streams_the_log_live_and_offers_the_artifact(
     context = await browser.new_context(accept_downloads=True)
     page = await context.new_page()
     violations = watch_csp(page)
+    recorded = ArtifactListReply(ok=True, build_id=build_id, artifacts=done.artifacts)
     async with responder(gateway.nc, "resource.cmd.list",
                          fixed(ResourceListReply(ok=True, resources=[]))), \
             responder(gateway.nc, "build.cmd.get",
-                      lambda _: BuildReply(ok=True, build=current["view"])):
+                      lambda _: BuildReply(ok=True, build=current["view"])), \
+            responder(gateway.nc, "artifact.cmd.list", fixed(recorded)):
         await log_in(page, gateway)
         await page.goto(f"{gateway.base_url}/builds/{build_id}")
         log = page.locator("#log")

@@ -127,6 +127,9 @@ async def test_every_error_status_is_declared_and_405_names_the_methods(
         assert set(r.headers["allow"].split(", ")) == {"GET", "POST"}, r.headers
         r = await api.put(f"/api/v1/build-servers/{uuid.uuid4()}")
         assert set(r.headers["allow"].split(", ")) == {"GET", "DELETE"}, r.headers
+        # a literal path beside a templated one that also matches it: the literal's methods
+        r = await api.options("/api/v1/build-servers/maintenance")
+        assert r.status_code == 405 and r.headers["allow"] == "GET", r.headers
 
 
 async def test_a_short_address_or_a_name_in_capitals_is_no_second_copy(
